@@ -1,0 +1,3 @@
+from ucpush.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""One TOML file plus ``UCPUSH_<SECTION>__<KEY>`` environment overrides.
+
+Every key, its default and its meaning is documented in ``docs/configuration.md``;
+``ucpush config show`` prints the merged result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "UCPUSH_CONFIG"
+DEFAULT_CONFIG_FILE = "ucpush.toml"
+
+
+class LogSettings(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class StoreSettings(BaseModel):
+    # Empty means the embedded default: SQLite in data_dir.
+    url: str = ""
+
+
+class RelaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # URL the relay advertises as its issuer and in onboarding answers.
+    public_url: str = ""
+    access_token_ttl: int = Field(3600, ge=60, le=86400, description="seconds")
+    voucher_ttl: int = Field(7 * 86400, ge=60, description="seconds")
+    max_body_bytes: int = Field(16384, ge=1024)
+    apns_production_url: str = "https://api.push.apple.com"
+    apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
+    fcm_url: str = "https://fcm.googleapis.com"
+    # Extra CA bundle trusted for provider connections (the simulators' CA in tests).
+    provider_ca_file: str = ""
+    apns_connections: int = Field(4, ge=1, le=64)
+    fcm_connections: int = Field(2, ge=1, le=64)
+    request_timeout: float = Field(5.0, gt=0)
+    retry_attempts: int = Field(3, ge=1, le=10)
+    retry_base_delay: float = Field(0.25, ge=0)
+    retry_max_delay: float = Field(2.0, ge=0)
+    # A retry-after longer than this is returned to the caller instead of waited for.
+    retry_wait_limit: float = Field(3.0, ge=0)
+    apns_token_refresh: int = Field(3000, ge=1200, le=3500, description="seconds")
+
+
+class SimSettings(BaseModel):
+    host: str = "127.0.0.1"
+    apns_port: int = Field(8701, ge=0, le=65535)
+    apns_sandbox_port: int = Field(8702, ge=0, le=65535)
+    fcm_port: int = Field(8703, ge=0, le=65535)
+    tls: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="UCPUSH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("var")
+    log: LogSettings = LogSettings()
+    store: StoreSettings = StoreSettings()
+    relay: RelaySettings = RelaySettings()
+    sim: SimSettings = SimSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.data_dir / 'ucpush.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        # Precedence: explicit arguments, environment, TOML file, defaults.
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; ``config_file`` wins over ``$UCPUSH_CONFIG``."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        os.environ[CONFIG_ENV] = str(path)
+    return Settings(**overrides)

@@ -1,0 +1,141 @@
+"""Storage interface. Components depend on these records and protocols only;
+``ucpush.store.sql`` implements them on SQLAlchemy (SQLite by default, PostgreSQL for clusters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base class for storage errors callers are expected to handle."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """Unique constraint violated (duplicate name, key, ...)."""
+
+
+class VoucherUnusable(StoreError):
+    """Voucher unknown, already used or expired. ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TenantStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    status: TenantStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    code_hash: str  # sha256 hex of the voucher code; the code itself is never stored
+    tenant_id: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MachineAccount:
+    id: str
+    tenant_id: str
+    cluster_id: str
+    cluster_name: str
+    created_at: datetime
+    disabled_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token_hash: str  # sha256 hex; the token itself is never stored
+    account_id: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    private_pem: bytes  # ES256 (P-256) private key, PKCS#8 PEM
+    created_at: datetime
+    retired_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderApp:
+    """One mobile app of a tenant for one subscriber service (``APNS``, ``APNS:dev``, ``FCM``...).
+
+    APNs: ``topic`` is the bundle id, ``team_id``/``key_id`` name the .p8 signing key in
+    ``credentials_file``. FCM: ``topic`` is the Firebase project id and ``credentials_file`` the
+    service-account JSON. ``environment`` is ``production`` or ``sandbox`` (APNs only).
+    """
+
+    tenant_id: str
+    service: str
+    topic: str
+    credentials_file: str
+    environment: str = "production"
+    team_id: str = ""
+    key_id: str = ""
+
+
+class RelayRepository(Protocol):
+    # tenants
+    async def create_tenant(self, tenant: Tenant) -> None: ...  # Conflict on duplicate name
+    async def get_tenant(self, tenant_id: str) -> Tenant: ...  # NotFound
+    async def get_tenant_by_name(self, name: str) -> Tenant: ...  # NotFound
+    async def list_tenants(self) -> list[Tenant]: ...
+    async def set_tenant_status(self, tenant_id: str, status: TenantStatus) -> None: ...
+
+    # vouchers
+    async def add_voucher(self, voucher: Voucher) -> None: ...
+    async def use_voucher(self, code_hash: str, now: datetime) -> Voucher:
+        """Atomically mark an unused, unexpired voucher used and return it (with used_at set).
+        Raises VoucherUnusable("unknown" | "used" | "expired"). Two concurrent callers with
+        the same code: exactly one succeeds."""
+        ...
+
+    # machine accounts
+    async def add_machine_account(self, account: MachineAccount) -> None: ...
+    async def get_machine_account(self, account_id: str) -> MachineAccount: ...  # NotFound
+    async def list_machine_accounts(self, tenant_id: str | None = None) -> list[MachineAccount]: ...
+    async def disable_machine_account(self, account_id: str, now: datetime) -> None: ...
+
+    # refresh tokens
+    async def add_refresh_token(self, token: RefreshToken) -> None: ...
+    async def get_refresh_token(self, token_hash: str) -> RefreshToken: ...  # NotFound
+    async def revoke_refresh_tokens(self, account_id: str, now: datetime) -> int:
+        """Revoke every unrevoked refresh token of the account; return how many."""
+        ...
+
+    # relay signing keys
+    async def add_signing_key(self, key: SigningKey) -> None: ...
+    async def list_signing_keys(self) -> list[SigningKey]: ...  # oldest first
+    async def retire_signing_key(self, kid: str, now: datetime) -> None: ...
+
+    # provider apps
+    async def put_app(self, app: ProviderApp) -> None:
+        """Insert or replace the app for (tenant_id, service)."""
+        ...
+
+    async def get_app(self, tenant_id: str, service: str) -> ProviderApp: ...  # NotFound
+    async def list_apps(self, tenant_id: str | None = None) -> list[ProviderApp]: ...
+    async def delete_app(self, tenant_id: str, service: str) -> None: ...  # NotFound

@@ -1,0 +1,1 @@
+"""Push relay: onboarding, identity, /v1/push to APNs and FCM."""

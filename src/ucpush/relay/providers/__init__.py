@@ -1,0 +1,1 @@
+"""Push provider plug-ins behind ``base.Provider``."""

@@ -1,0 +1,1 @@
+"""Payload encryption shared by the relay (format checks) and its callers (encryption)."""

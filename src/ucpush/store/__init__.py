@@ -1,1 +1,58 @@
-"""Persistent state behind one repository interface (see ``repository``)."""
+"""Persistent state behind one repository interface (see ``repository``).
+
+Open the database with ``open_store``, which also creates or upgrades its schema::
+
+    async with await open_store("sqlite+aiosqlite:///var/ucpush.db") as store:
+        tenant = await store.relay.get_tenant_by_name("acme")
+
+or keep the store for the life of the process and ``await store.close()`` at shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ucpush.store.migrate import upgrade
+from ucpush.store.sql import SqlRelayRepository, create_engine
+
+__all__ = ["Store", "open_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    engine: AsyncEngine
+    relay: SqlRelayRepository
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def open_store(url: str) -> Store:
+    """Connect to ``url`` and migrate its schema to the newest version.
+
+    ``url``: ``sqlite+aiosqlite:///path/to.db`` (parent directory created if missing),
+    ``sqlite+aiosqlite:///:memory:`` (one private database per store, for tests), or
+    ``postgresql+asyncpg://user:password@host:port/db``; ``sqlite://`` and ``postgresql://``
+    select those drivers.
+    """
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Store(engine=engine, relay=SqlRelayRepository(engine))

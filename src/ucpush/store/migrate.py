@@ -1,0 +1,47 @@
+"""Run the Alembic migrations in ``migrations/`` programmatically: no alembic.ini needed."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# Arbitrary constant naming the PostgreSQL advisory lock that serialises migrations.
+_PG_LOCK_KEY = 0x75637075_7368  # "ucpush"
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic configuration whose ``env.py`` migrates ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", "ucpush.store:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
+    """Migrate the database to ``revision`` in one transaction; return the revision reached.
+
+    A no-op when the database is already there.
+    """
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Cluster nodes may start together: one migrates, the others wait then see it done.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        return await conn.run_sync(_upgrade, revision)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's revision, None when it has never been migrated."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+def _upgrade(connection: Connection, revision: str) -> str | None:
+    command.upgrade(alembic_config(connection), revision)
+    return _current(connection)
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()

@@ -1,0 +1,1 @@
+"""Alembic scripts for the relay schema, run by ``ucpush.store.migrate``."""

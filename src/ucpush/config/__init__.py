@@ -7,10 +7,11 @@ Every key, its default and its meaning is documented in ``docs/configuration.md`
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,19 +21,26 @@ from pydantic_settings import (
 
 CONFIG_ENV = "UCPUSH_CONFIG"
 DEFAULT_CONFIG_FILE = "ucpush.toml"
+_config_file: ContextVar[Path | None] = ContextVar("ucpush_config_file", default=None)
 
 
-class LogSettings(BaseModel):
+class Section(BaseModel):
+    """A ``[section]`` of the file; a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Section):
     # Empty means the embedded default: SQLite in data_dir.
     url: str = ""
 
 
-class RelaySettings(BaseModel):
+class RelaySettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=0, le=65535)
     tls_cert: str = ""
@@ -58,7 +66,7 @@ class RelaySettings(BaseModel):
     apns_token_refresh: int = Field(3000, ge=1200, le=3500, description="seconds")
 
 
-class SimSettings(BaseModel):
+class SimSettings(Section):
     host: str = "127.0.0.1"
     apns_port: int = Field(8701, ge=0, le=65535)
     apns_sandbox_port: int = Field(8702, ge=0, le=65535)
@@ -97,17 +105,19 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE)
+        path = _config_file.get() or os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE)
         toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         # Precedence: explicit arguments, environment, TOML file, defaults.
         return (init_settings, env_settings, toml)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load settings; ``config_file`` wins over ``$UCPUSH_CONFIG``."""
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        os.environ[CONFIG_ENV] = str(path)
-    return Settings(**overrides)
+    """Load settings; ``config_file`` wins over ``$UCPUSH_CONFIG``, which must exist if set."""
+    named = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
+    if named is not None and not Path(named).is_file():
+        raise FileNotFoundError(f"config file not found: {named}")
+    token = _config_file.set(Path(named) if named is not None else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)

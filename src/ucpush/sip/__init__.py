@@ -1,0 +1,1 @@
+"""Sans-IO SIP core: message model and parser, stream framing, transaction state machines."""

@@ -1,0 +1,815 @@
+"""SIP message model, parser and serializer (RFC 3261 §7, §20, §25).
+
+Headers are kept as an ordered list of (name, value) strings with names normalised to their
+full canonical form; list-valued headers (Via, Contact, Route, ...) are split on top-level
+commas so each entry holds one value. Typed accessors (``vias``, ``from_``, ``cseq``, ...) parse
+on demand. ``parse_message`` validates everything a proxy relies on, so a message that parses
+can be routed without further checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from ucpush.sip.errors import SipParseError
+from ucpush.sip.uri import (
+    QUOTED,
+    TOKEN,
+    URI,
+    NameAddr,
+    Params,
+    SipURI,
+    check_host,
+    format_params,
+    param_get,
+    param_has,
+    param_set,
+    parse_name_addr,
+    parse_params,
+    parse_port,
+    parse_uri,
+    unquote,
+)
+
+SIP_VERSION = "SIP/2.0"
+MAGIC_COOKIE = "z9hG4bK"
+# RFC 3261 §8.1.1.6, §20.22: Max-Forwards is 0-255; CSeq numbers must stay below 2**31.
+MAX_FORWARDS_LIMIT = 255
+CSEQ_LIMIT = 2**31
+DELTA_SECONDS_LIMIT = 2**32 - 1
+
+_COMPACT = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "f": "From",
+    "t": "To",
+    "v": "Via",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "k": "Supported",
+    "e": "Content-Encoding",
+    "s": "Subject",
+    "o": "Event",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+    "y": "Identity",
+}
+_KNOWN = [
+    "Accept",
+    "Accept-Contact",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Alert-Info",
+    "Allow",
+    "Allow-Events",
+    "Authentication-Info",
+    "Authorization",
+    "Call-ID",
+    "Call-Info",
+    "Contact",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-Type",
+    "CSeq",
+    "Date",
+    "Error-Info",
+    "Event",
+    "Expires",
+    "Feature-Caps",
+    "Flow-Timer",
+    "From",
+    "Identity",
+    "In-Reply-To",
+    "Max-Forwards",
+    "Min-Expires",
+    "Min-SE",
+    "MIME-Version",
+    "Organization",
+    "P-Asserted-Identity",
+    "P-Preferred-Identity",
+    "Path",
+    "Priority",
+    "Privacy",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Require",
+    "RAck",
+    "Reason",
+    "Record-Route",
+    "Refer-To",
+    "Referred-By",
+    "Reject-Contact",
+    "Replaces",
+    "Reply-To",
+    "Request-Disposition",
+    "Require",
+    "Retry-After",
+    "Route",
+    "RSeq",
+    "Security-Client",
+    "Security-Server",
+    "Security-Verify",
+    "Server",
+    "Service-Route",
+    "Session-Expires",
+    "SIP-ETag",
+    "SIP-If-Match",
+    "Subject",
+    "Subscription-State",
+    "Supported",
+    "Timestamp",
+    "To",
+    "Unsupported",
+    "User-Agent",
+    "Via",
+    "Warning",
+    "WWW-Authenticate",
+]
+_CANONICAL = {name.lower(): name for name in _KNOWN} | {k: v for k, v in _COMPACT.items()}
+# Headers whose comma-separated values are independent entries (RFC 3261 §7.3.1). Never the
+# auth headers (their params are comma-separated) or Date (its value contains a comma).
+_ADDRESS_LISTS = frozenset(
+    [
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "p-asserted-identity",
+        "p-preferred-identity",
+    ]
+)
+_LISTS = _ADDRESS_LISTS | frozenset(
+    [
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "alert-info",
+        "allow",
+        "allow-events",
+        "call-info",
+        "content-encoding",
+        "content-language",
+        "error-info",
+        "in-reply-to",
+        "proxy-require",
+        "reason",
+        "require",
+        "supported",
+        "unsupported",
+        "warning",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "accept-contact",
+        "reject-contact",
+    ]
+)
+_REQUIRED = ("From", "To", "Call-ID", "CSeq")
+_AT_MOST_ONCE = (*_REQUIRED, "Max-Forwards", "Content-Length", "Content-Type", "Expires")
+
+_TOKEN_RE = re.compile(TOKEN)
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_REQUEST_LINE_RE = re.compile(rf"({TOKEN}) ([^ \t]+) ([A-Za-z]+/[0-9]+\.[0-9]+)")
+_STATUS_LINE_RE = re.compile(r"([A-Za-z]+/[0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.DOTALL)
+_VIA_RE = re.compile(
+    rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(?:[ \t]*:[ \t]*([0-9]+))?"
+)
+_CSEQ_RE = re.compile(rf"[ \t]*([0-9]+)[ \t]+({TOKEN})[ \t]*")
+_DIGITS_RE = re.compile(r"[ \t]*([0-9]+)[ \t]*")
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALL_ID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+_DATE_RE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{2}) "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([0-9]{4}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) GMT"
+)
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_QUOTED_RE = re.compile(QUOTED)
+
+
+def canonical_name(name: str) -> str:
+    """Full, canonically cased header name; compact forms expanded, unknown names kept."""
+    return _CANONICAL.get(name.lower(), name)
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value on commas outside quoted strings and <...>."""
+    if "," not in value:
+        return [value]
+    out: list[str] = []
+    start = 0
+    depth = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch == '"':
+            m = _QUOTED_RE.match(value, i)
+            if m is None:
+                raise SipParseError("Unterminated quoted string in header value")
+            i = m.end()
+            continue
+        if ch == "<":
+            depth += 1
+        elif ch == ">" and depth:
+            depth -= 1
+        elif ch == "," and not depth:
+            out.append(value[start:i].strip(" \t"))
+            start = i + 1
+        i += 1
+    out.append(value[start:].strip(" \t"))
+    return out
+
+
+class Headers:
+    """Ordered, case-insensitive multi-map of header fields."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    def add(self, name: str, value: str) -> None:
+        name = canonical_name(name)
+        self._items.append((name.lower(), name, value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert before the first header of that name (top Via, top Route), else first."""
+        name = canonical_name(name)
+        key = name.lower()
+        index = next((i for i, item in enumerate(self._items) if item[0] == key), 0)
+        self._items.insert(index, (key, name, value))
+
+    def get(self, name: str) -> str | None:
+        key = canonical_name(name).lower()
+        for k, _, value in self._items:
+            if k == key:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        key = canonical_name(name).lower()
+        return [value for k, _, value in self._items if k == key]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every header of that name by one, at the position of the first."""
+        name = canonical_name(name)
+        key = name.lower()
+        out: list[tuple[str, str, str]] = []
+        done = False
+        for item in self._items:
+            if item[0] == key:
+                if not done:
+                    out.append((key, name, value))
+                    done = True
+            else:
+                out.append(item)
+        if not done:
+            out.append((key, name, value))
+        self._items = out
+
+    def remove(self, name: str) -> int:
+        key = canonical_name(name).lower()
+        before = len(self._items)
+        self._items = [item for item in self._items if item[0] != key]
+        return before - len(self._items)
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first value of that name (stripping top Via or Route)."""
+        key = canonical_name(name).lower()
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                del self._items[i]
+                return item[2]
+        return None
+
+    def count(self, name: str) -> int:
+        key = canonical_name(name).lower()
+        return sum(1 for item in self._items if item[0] == key)
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((name, value) for _, name, value in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return [(k, v) for k, _, v in self._items] == [(k, v) for k, _, v in other._items]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = ()
+    protocol: str = SIP_VERSION
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
+
+    @property
+    def branch(self) -> str | None:
+        return param_get(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return param_get(self.params, "received")
+
+    @property
+    def has_rport(self) -> bool:
+        return param_has(self.params, "rport")
+
+    @property
+    def rport(self) -> int | None:
+        """The filled-in rport (RFC 3581); None if absent or still empty."""
+        value = param_get(self.params, "rport")
+        return int(value) if value and value.isdigit() and len(value) <= 5 else None
+
+    @property
+    def maddr(self) -> str | None:
+        return param_get(self.params, "maddr")
+
+    @property
+    def ttl(self) -> int | None:
+        value = param_get(self.params, "ttl")
+        return int(value) if value and value.isdigit() and len(value) <= 3 else None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport not in ("UDP", "DTLS-UDP")
+
+    def param(self, name: str) -> str | None:
+        return param_get(self.params, name)
+
+    def with_param(self, name: str, value: str | None) -> Via:
+        return replace(self, params=param_set(self.params, name, value))
+
+
+def parse_via(value: str) -> Via:
+    m = _VIA_RE.match(value)
+    if m is None:
+        raise SipParseError(f"Malformed Via {value[:60]!r}")
+    name, version, transport, host, port_text = m.groups()
+    check_host(host, "Via")
+    port = None if port_text is None else parse_port(port_text, "Via")
+    params = parse_params(value, m.end(), what="Via")
+    if param_has(params, "branch") and not param_get(params, "branch"):
+        raise SipParseError("Empty Via branch")
+    return Via(transport.upper(), host, port, params, f"{name.upper()}/{version}")
+
+
+class Contact(NameAddr):
+    """A Contact value, with the registration parameters as typed properties."""
+
+    __slots__ = ()
+
+    @property
+    def q(self) -> float | None:
+        value = self.param("q")
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+    @property
+    def expires(self) -> int | None:
+        """``expires`` parameter; overlarge values are clamped to 2**32-1 (RFC 3261 §10.2.1.1)."""
+        value = self.param("expires")
+        if value is None or not value.isdigit():
+            return None
+        return DELTA_SECONDS_LIMIT if len(value) > 10 else min(int(value), DELTA_SECONDS_LIMIT)
+
+    @property
+    def instance(self) -> str | None:
+        """``+sip.instance`` (RFC 5626) unquoted, e.g. ``<urn:uuid:...>``."""
+        value = self.param("+sip.instance")
+        return None if value is None else unquote(value)
+
+    @property
+    def reg_id(self) -> int | None:
+        value = self.param("reg-id")
+        return int(value) if value and value.isdigit() and len(value) <= 10 else None
+
+
+def parse_contact(value: str) -> Contact:
+    na = parse_name_addr(value, "Contact")
+    return Contact(na.uri, na.display_name, na.params)
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    m = _CSEQ_RE.fullmatch(value)
+    if m is None:
+        raise SipParseError(f"Malformed CSeq {value[:40]!r}")
+    digits = m.group(1)
+    if len(digits) > 10 or int(digits) >= CSEQ_LIMIT:
+        raise SipParseError("CSeq number too large")
+    return CSeq(int(digits), m.group(2))
+
+
+def _parse_int(value: str, what: str, limit: int) -> int:
+    m = _DIGITS_RE.fullmatch(value)
+    if m is None:
+        raise SipParseError(f"Malformed {what} {value[:20]!r}")
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > 10 or int(digits) > limit:
+        raise SipParseError(f"{what} too large")
+    return int(digits)
+
+
+def parse_date(value: str) -> datetime:
+    m = _DATE_RE.fullmatch(value.strip(" \t"))
+    if m is None:
+        raise SipParseError("Malformed Date (must be RFC 1123 in GMT)")
+    _, day, month, year, hh, mm, ss = m.groups()
+    try:
+        return datetime(
+            int(year), _MONTHS.index(month) + 1, int(day), int(hh), int(mm), int(ss), tzinfo=UTC
+        )
+    except ValueError:
+        raise SipParseError("Malformed Date (no such time)") from None
+
+
+class SipMessage:
+    """Common part of requests and responses."""
+
+    __slots__ = ("body", "headers")
+
+    def __init__(
+        self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""
+    ) -> None:
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        """Wire form; Content-Length always states the real body length."""
+        lines = [self.start_line()]
+        length_done = False
+        for key, name, value in self.headers._items:
+            if key == "content-length":
+                if length_done:
+                    continue
+                value = str(len(self.body))
+                length_done = True
+            lines.append(f"{name}: {value}")
+        if not length_done:
+            lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    __bytes__ = serialize
+
+    def _one(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise SipParseError(f"Missing {name} header")
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        return [parse_via(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        return parse_via(self._one("Via"))
+
+    @property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self._one("From"), "From")
+
+    @property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self._one("To"), "To")
+
+    @property
+    def call_id(self) -> str:
+        return self._one("Call-ID")
+
+    @property
+    def cseq(self) -> CSeq:
+        return parse_cseq(self._one("CSeq"))
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else _parse_int(value, "Max-Forwards", MAX_FORWARDS_LIMIT)
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return None if value is None else _parse_int(value, "Content-Length", 2**31)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    @property
+    def contact_wildcard(self) -> bool:
+        """``Contact: *`` (REGISTER removing every binding)."""
+        return self.headers.get_all("Contact") == ["*"]
+
+    @property
+    def contacts(self) -> list[Contact]:
+        if self.contact_wildcard:
+            return []
+        return [parse_contact(v) for v in self.headers.get_all("Contact")]
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return [parse_name_addr(v, "Route") for v in self.headers.get_all("Route")]
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return [parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route")]
+
+    @property
+    def expires(self) -> int | None:
+        """Expires header; overlarge values are clamped to 2**32-1."""
+        value = self.headers.get("Expires")
+        if value is None:
+            return None
+        m = _DIGITS_RE.fullmatch(value)
+        if m is None:
+            raise SipParseError(f"Malformed Expires {value[:20]!r}")
+        digits = m.group(1).lstrip("0") or "0"
+        return DELTA_SECONDS_LIMIT if len(digits) > 10 else min(int(digits), DELTA_SECONDS_LIMIT)
+
+    @property
+    def date(self) -> datetime | None:
+        value = self.headers.get("Date")
+        return None if value is None else parse_date(value)
+
+    def _validate(self) -> None:
+        """Check every header a proxy or the transaction layer relies on."""
+        for name in _AT_MOST_ONCE:
+            count = self.headers.count(name)
+            if count > 1:
+                raise SipParseError(f"Multiple {name} headers")
+            if count == 0 and name in _REQUIRED:
+                raise SipParseError(f"Missing {name} header")
+        vias = self.headers.get_all("Via")
+        if not vias:
+            raise SipParseError("Missing Via header")
+        for value in vias:
+            parse_via(value)
+        parse_name_addr(self._one("From"), "From")
+        parse_name_addr(self._one("To"), "To")
+        if not _CALL_ID_RE.fullmatch(self.call_id):
+            raise SipParseError("Malformed Call-ID")
+        parse_cseq(self._one("CSeq"))
+        if "Max-Forwards" in self.headers:
+            _parse_int(self._one("Max-Forwards"), "Max-Forwards", MAX_FORWARDS_LIMIT)
+        contacts = self.headers.get_all("Contact")
+        if contacts != ["*"]:
+            for value in contacts:
+                if value == "*":
+                    raise SipParseError("Contact '*' must be the only Contact")
+                parse_contact(value)
+        for name in ("Route", "Record-Route"):
+            for value in self.headers.get_all(name):
+                parse_name_addr(value, name)
+        if "Date" in self.headers:
+            parse_date(self._one("Date"))
+
+
+class SipRequest(SipMessage):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = parse_uri(uri) if isinstance(uri, str) else uri
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def copy(self) -> SipRequest:
+        return SipRequest(self.method, self.uri, self.headers.copy(), self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipRequest):
+            return NotImplemented
+        return (self.method, self.uri, self.headers, self.body) == (
+            other.method,
+            other.uri,
+            other.headers,
+            other.body,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<SipRequest {self.method} {self.uri}>"
+
+    def _validate(self) -> None:
+        super()._validate()
+        if isinstance(self.uri, SipURI) and self.uri.headers:
+            raise SipParseError("Request-URI must not contain headers")
+        if self.cseq.method != self.method:
+            raise SipParseError("CSeq method does not match request method")
+
+
+class SipResponse(SipMessage):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    @property
+    def provisional(self) -> bool:
+        return self.status < 200
+
+    def copy(self) -> SipResponse:
+        return SipResponse(self.status, self.reason, self.headers.copy(), self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipResponse):
+            return NotImplemented
+        return (self.status, self.reason, self.headers, self.body) == (
+            other.status,
+            other.reason,
+            other.headers,
+            other.body,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<SipResponse {self.status} {self.reason}>"
+
+
+def find_head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int] | None:
+    """(end of the header section, start of the body), or None if not yet complete."""
+    m = _HEAD_END_RE.search(data, start)
+    return None if m is None else (m.start(), m.end())
+
+
+def _parse_header_lines(lines: list[str]) -> Headers:
+    headers = Headers()
+    items = headers._items
+    fields: list[list[str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            # Folded continuation (LWS): joins the previous field with a single space.
+            if not fields:
+                raise SipParseError("Continuation line before the first header")
+            prev = fields[-1][1].rstrip(" \t")
+            more = line.strip(" \t")
+            fields[-1][1] = f"{prev} {more}" if prev and more else prev or more
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            raise SipParseError(f"Malformed header line {line[:40]!r}")
+        fields.append([name, value.strip(" \t")])
+    for name, value in fields:
+        full = _CANONICAL.get(name.lower(), name)
+        key = full.lower()
+        if key in _LISTS and value:
+            parts = split_list(value)
+            for part in parts:
+                if part:
+                    items.append((key, full, part))
+                elif key in _ADDRESS_LISTS:
+                    raise SipParseError(f"Empty element in {full} header")
+        else:
+            items.append((key, full, value))
+    return headers
+
+
+def _partial_headers(headers: Headers) -> Headers | None:
+    """The headers a response to a broken request needs, if they are all usable."""
+    try:
+        out = Headers()
+        for value in headers.get_all("Via"):
+            parse_via(value)
+            out.add("Via", value)
+        for name in _REQUIRED:
+            if headers.count(name) != 1:
+                return None
+            out.add(name, headers.get(name) or "")
+        probe = SipMessage(out)
+        probe.from_  # noqa: B018
+        probe.to  # noqa: B018
+        probe.cseq  # noqa: B018
+        return out if "Via" in out else None
+    except SipParseError:
+        return None
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
+    """Parse one complete message.
+
+    Datagram semantics by default: Content-Length is optional and octets past it are ignored
+    (RFC 3261 §18.3). With ``stream=True`` Content-Length is mandatory and must match exactly.
+    """
+    start = 0
+    while data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        start += 2 if data[start] == 13 else 1  # leading CRLFs are ignored (§7.5)
+    ends = find_head_end(data, start)
+    if ends is None:
+        raise SipParseError("Missing empty line after the headers")
+    text = data[start : ends[0]].decode("utf-8", "surrogateescape")
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    body = data[ends[1] :]
+    first = lines[0]
+
+    request_match = _REQUEST_LINE_RE.fullmatch(first)
+    status_match = None if request_match else _STATUS_LINE_RE.fullmatch(first)
+    if request_match is None and status_match is None:
+        raise SipParseError("Malformed start line")
+    headers = _parse_header_lines(lines[1:])
+    method = request_match.group(1) if request_match else None
+    try:
+        version = request_match.group(3) if request_match else status_match.group(1)  # type: ignore[union-attr]
+        if version.upper() != SIP_VERSION:
+            raise SipParseError(f"Unsupported SIP version {version[:12]}", status=505)
+        length = headers.get_all("Content-Length")
+        if len(length) > 1:
+            raise SipParseError("Multiple Content-Length headers")
+        if length:
+            n = _parse_int(length[0], "Content-Length", 2**31)
+            if n > len(body):
+                raise SipParseError("Content-Length larger than the body")
+            if stream and n != len(body):
+                raise SipParseError("Content-Length does not match the framed body")
+            body = body[:n]
+        elif stream:
+            raise SipParseError("Content-Length required on stream transports")
+        message: SipRequest | SipResponse
+        if request_match is not None:
+            message = SipRequest(request_match.group(1), parse_uri(request_match.group(2)))
+        else:
+            assert status_match is not None
+            message = SipResponse(int(status_match.group(2)), status_match.group(3) or "")
+            if message.status < 100:
+                raise SipParseError("Status code out of range")
+        message.headers = headers
+        message.body = bytes(body)
+        message._validate()
+        return message
+    except SipParseError as exc:
+        if method is not None and exc.headers is None:
+            partial = _partial_headers(headers)
+            if partial is not None:
+                exc.method = method
+                exc.headers = partial
+        raise

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ucpush.store.migrate import upgrade
-from ucpush.store.sql import SqlRelayRepository, create_engine
+    from ucpush.store.sql import SqlRelayRepository
 
 __all__ = ["Store", "open_store"]
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
+    """An open database: ``relay`` is the repository, ``close()`` releases the connections."""
+
     engine: AsyncEngine
     relay: SqlRelayRepository
 
@@ -49,6 +52,11 @@ async def open_store(url: str) -> Store:
     ``postgresql+asyncpg://user:password@host:port/db``; ``sqlite://`` and ``postgresql://``
     select those drivers.
     """
+    # Imported here so that components needing only the records in ``repository`` (and CLI
+    # start-up) do not load SQLAlchemy and Alembic.
+    from ucpush.store.migrate import upgrade
+    from ucpush.store.sql import SqlRelayRepository, create_engine
+
     engine = create_engine(url)
     try:
         await upgrade(engine)

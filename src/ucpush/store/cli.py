@@ -9,7 +9,6 @@ import typer
 
 from ucpush.config import load_settings
 from ucpush.store import open_store
-from ucpush.store.migrate import current_revision
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,5 +31,8 @@ def upgrade(
 
 
 async def _upgrade(url: str) -> str | None:
+    # Imported here: loading Alembic would slow down every other ``ucpush`` command.
+    from ucpush.store.migrate import current_revision
+
     async with await open_store(url) as store:
         return await current_revision(store.engine)

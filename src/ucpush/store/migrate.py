@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ucpush.store.sql import SQLITE_BEGIN
+
 # Arbitrary constant naming the PostgreSQL advisory lock that serialises migrations.
 _PG_LOCK_KEY = 0x75637075_7368  # "ucpush"
+
+# Alembic keeps the running migration in module globals (alembic.context, alembic.op), so two
+# migrations interleaving on one event loop would clobber each other.
+_loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -25,11 +36,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
 
     A no-op when the database is already there.
     """
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Cluster nodes may start together: one migrates, the others wait then see it done.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        return await conn.run_sync(_upgrade, revision)
+    lock = _loop_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock, engine.connect() as conn:
+        # Processes may start together on a new database: one migrates, the others wait for it
+        # (SQLite: BEGIN IMMEDIATE takes the write lock up front; see sql.SQLITE_BEGIN).
+        conn = await conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY}
+                )
+            return await conn.run_sync(_upgrade, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

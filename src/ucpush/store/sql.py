@@ -37,6 +37,8 @@ from ucpush.store.repository import (
 )
 
 _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+# Execution option naming the SQLite BEGIN mode of a connection's transactions (default DEFERRED).
+SQLITE_BEGIN = "ucpush_sqlite_begin"
 _SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA journal_mode=WAL",
@@ -188,7 +190,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _is_foreign_key_violation(exc: IntegrityError) -> bool:

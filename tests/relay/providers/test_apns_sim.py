@@ -104,6 +104,24 @@ async def test_unregistered_token_reports_timestamp(
     assert result.unregistered_at == 1_799_999_000_123
 
 
+@pytest.mark.parametrize("target", ["../../_sim/health", "not-hex", ""])
+async def test_malformed_token_is_never_sent(
+    apns_world: ApnsWorld, apns_provider: ApnsProvider, target: str
+):
+    result = await apns_provider.send(make_push(apns_world.app, target))
+    assert (result.outcome, result.attempts) == (Outcome.BAD_DEVICE_TOKEN, 0)
+
+
+async def test_unknown_environment_is_rejected(apns_world: ApnsWorld, apns_provider: ApnsProvider):
+    app = _with(apns_world.app, environment="staging")
+    result = await apns_provider.send(make_push(app, apns_world.device()))
+    assert (result.outcome, result.reason, result.attempts) == (
+        Outcome.REJECTED,
+        "UnknownEnvironment",
+        0,
+    )
+
+
 async def test_wrong_topic_is_rejected(apns_world: ApnsWorld, apns_provider: ApnsProvider):
     token = apns_world.device(topic="org.example.other")
     result = await apns_provider.send(make_push(apns_world.app, token))

@@ -6,6 +6,7 @@ environment and the provider token its (team_id, key_id).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -48,6 +49,9 @@ MIN_TOKEN_LIFETIME = 20 * 60
 TOKEN_UPDATE_BLOCK = "TooManyProviderTokenUpdates"
 # APNs sends no Retry-After with its 429s; this is what callers are told to wait.
 DEFAULT_THROTTLE_RETRY_AFTER = 60.0
+
+# Apple's tokens are hex (32 bytes today, documented as variable length).
+_DEVICE_TOKEN = re.compile(r"[0-9A-Fa-f]{1,256}")
 
 # Neutral placeholder text, shown only if the notification service extension cannot decrypt the
 # payload: the real content (caller, message) travels encrypted in "jwe" and never in clear.
@@ -241,6 +245,9 @@ class ApnsProvider:
         base_url = self._base_urls.get(app.environment)
         if base_url is None:
             return ProviderResult(Outcome.REJECTED, reason="UnknownEnvironment", attempts=0)
+        if not _DEVICE_TOKEN.fullmatch(push.target):
+            # Never sent: APNs would refuse it, and it must not shape the request path.
+            return ProviderResult(Outcome.BAD_DEVICE_TOKEN, reason="BadDeviceToken", attempts=0)
         try:
             self._tokens.current(app)  # fail early if the .p8 key is unusable
         except (OSError, ValueError) as exc:

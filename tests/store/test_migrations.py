@@ -26,7 +26,7 @@ T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config(connection=None)).get_current_head()  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def table_names(engine: AsyncEngine) -> set[str]:

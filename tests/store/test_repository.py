@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +16,7 @@ from ucpush.store.repository import (
     NotFound,
     ProviderApp,
     RefreshToken,
+    RelayRepository,
     SigningKey,
     Tenant,
     TenantStatus,
@@ -74,6 +76,14 @@ async def with_account(relay: SqlRelayRepository, with_tenant: Tenant) -> Machin
     a = account()
     await relay.add_machine_account(a)
     return a
+
+
+def test_implements_protocol() -> None:
+    names = [n for n in vars(RelayRepository) if not n.startswith("_")]
+    assert names
+    for name in names:
+        expected = inspect.signature(getattr(RelayRepository, name))
+        assert inspect.signature(getattr(SqlRelayRepository, name)) == expected, name
 
 
 # tenants

@@ -23,11 +23,15 @@ _loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] 
 )
 
 
-def alembic_config(connection: Connection) -> Config:
-    """Alembic configuration whose ``env.py`` migrates ``connection``."""
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configuration whose ``env.py`` migrates ``connection``.
+
+    Without a connection it serves to inspect the scripts (``ScriptDirectory.from_config``).
+    """
     config = Config()
     config.set_main_option("script_location", "ucpush.store:migrations")
-    config.attributes["connection"] = connection
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
 
 

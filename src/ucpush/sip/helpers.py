@@ -133,3 +133,29 @@ def error_response(error: SipParseError, *, to_tag: str | None = None) -> SipRes
     out = _response_headers(error.headers, error.status, to_tag, error.method)
     reason = error.reason.replace("\r", " ").replace("\n", " ")
     return SipResponse(error.status, reason, out)
+
+
+def build_cancel(invite: SipRequest) -> SipRequest:
+    """CANCEL for a pending INVITE client transaction (RFC 3261 §9.1): same Request-URI,
+    Call-ID, From, To, CSeq number and top Via (so it hits the same server transaction)."""
+    out = Headers()
+    out.add("Via", invite.headers.get_all("Via")[0])
+    for name, value in invite.headers:
+        if name in ("From", "To", "Call-ID", "Route", "Max-Forwards"):
+            out.add(name, value)
+    out.add("CSeq", f"{invite.cseq.seq} CANCEL")
+    return SipRequest("CANCEL", invite.uri, out)
+
+
+def build_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
+    """ACK for a non-2xx final response, sent by the INVITE client transaction (§17.1.1.3):
+    top Via and Route of the INVITE, To of the response (it carries the tag)."""
+    out = Headers()
+    out.add("Via", invite.headers.get_all("Via")[0])
+    for name, value in invite.headers:
+        if name in ("From", "Call-ID", "Route", "Max-Forwards"):
+            out.add(name, value)
+        elif name == "To":
+            out.add("To", response.headers.get("To") or value)
+    out.add("CSeq", f"{invite.cseq.seq} ACK")
+    return SipRequest("ACK", invite.uri, out)

@@ -1,0 +1,1 @@
+"""Local APNs and FCM simulators (``ucpush sim``) for tests, benchmarks and ``ucpush up``."""

@@ -18,16 +18,19 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ucpush.store.sql import SqlRelayRepository
+    from ucpush.store.sql_sip import SqlSipRepository
 
 __all__ = ["Store", "open_store"]
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """An open database: ``relay`` is the repository, ``close()`` releases the connections."""
+    """An open database: ``relay`` and ``sip`` are the repositories, ``close()`` releases the
+    connections."""
 
     engine: AsyncEngine
     relay: SqlRelayRepository
+    sip: SqlSipRepository
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -56,6 +59,7 @@ async def open_store(url: str) -> Store:
     # start-up) do not load SQLAlchemy and Alembic.
     from ucpush.store.migrate import upgrade
     from ucpush.store.sql import SqlRelayRepository, create_engine
+    from ucpush.store.sql_sip import SqlSipRepository
 
     engine = create_engine(url)
     try:
@@ -63,4 +67,4 @@ async def open_store(url: str) -> Store:
     except BaseException:
         await engine.dispose()
         raise
-    return Store(engine=engine, relay=SqlRelayRepository(engine))
+    return Store(engine=engine, relay=SqlRelayRepository(engine), sip=SqlSipRepository(engine))

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -139,3 +139,85 @@ class RelayRepository(Protocol):
     async def get_app(self, tenant_id: str, service: str) -> ProviderApp: ...  # NotFound
     async def list_apps(self, tenant_id: str | None = None) -> list[ProviderApp]: ...
     async def delete_app(self, tenant_id: str, service: str) -> None: ...  # NotFound
+
+
+# SIP registrar (call node)
+
+
+@dataclass(frozen=True, slots=True)
+class SipUser:
+    """A SIP account. Only the digest HA1 hashes are kept (RFC 3261 §22.4, RFC 7616 §3.4.2):
+    ``ha1_md5`` = MD5("username:realm:password"), ``ha1_sha256`` likewise with SHA-256, in hex."""
+
+    aor: str  # e.g. "sip:alice@example.org"
+    username: str
+    realm: str
+    ha1_md5: str
+    ha1_sha256: str
+    created_at: datetime
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One registered contact of an address-of-record (RFC 3261 §10.3, RFC 5626, RFC 8599).
+
+    ``id`` is an opaque key chosen by the registrar. ``contact`` is the Contact URI exactly as
+    the UA sent it (pn-* parameters included). ``source_*`` is where the REGISTER came from
+    (the flow to send requests back on when the UA is behind a NAT). ``pn_provider``,
+    ``pn_prid`` and ``pn_param`` are set only when this node pushes for the binding; other
+    ``pn-*`` URI parameters are kept verbatim in ``pn_extra``. ``purr`` is the RFC 8599 §6 Proxy
+    Unique Registration Reference handed to the UA (empty if none). ``pnsreg``: the UA tagged
+    ``+sip.pnsreg`` (it can refresh without a push).
+    """
+
+    id: str
+    aor: str
+    contact: str
+    expires_at: datetime
+    call_id: str
+    cseq: int
+    updated_at: datetime
+    instance_id: str = ""  # +sip.instance, unquoted, e.g. "<urn:uuid:...>"
+    reg_id: int | None = None
+    q: float | None = None
+    path: tuple[str, ...] = ()
+    source_transport: str = ""
+    source_host: str = ""
+    source_port: int = 0
+    pn_provider: str = ""
+    pn_prid: str = ""
+    pn_param: str = ""
+    pn_extra: dict[str, str] = field(default_factory=dict)
+    purr: str = ""
+    pnsreg: bool = False
+    user_agent: str = ""
+
+    @property
+    def push_enabled(self) -> bool:
+        return bool(self.pn_provider and self.pn_prid)
+
+
+class SipRepository(Protocol):
+    # users
+    async def add_user(self, user: SipUser) -> None: ...  # Conflict on duplicate user or AOR
+    async def get_user(self, username: str, realm: str) -> SipUser: ...  # NotFound
+    async def list_users(self) -> list[SipUser]: ...
+    async def delete_user(self, username: str, realm: str) -> None:
+        """NotFound if missing; the user's bindings go too."""
+        ...
+
+    # bindings
+    async def list_bindings(self, aor: str | None = None) -> list[Binding]: ...
+    async def get_binding(self, binding_id: str) -> Binding: ...  # NotFound
+    async def add_binding(self, binding: Binding) -> None: ...  # Conflict on duplicate id
+    async def update_binding(self, binding: Binding) -> None: ...  # NotFound
+    async def remove_binding(self, binding_id: str) -> None: ...  # NotFound
+    async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None:
+        """Apply one REGISTER's outcome atomically: insert or replace ``upsert`` and delete the
+        bindings of ``aor`` whose ids are in ``remove`` (missing ones are ignored)."""
+        ...
+
+    async def remove_expired(self, now: datetime) -> list[Binding]:
+        """Delete every binding with ``expires_at <= now`` and return them."""
+        ...

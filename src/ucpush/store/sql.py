@@ -1,4 +1,5 @@
-"""``RelayRepository`` on SQLAlchemy Core: SQLite (aiosqlite) or PostgreSQL (asyncpg).
+"""``RelayRepository`` on SQLAlchemy Core: SQLite (aiosqlite) or PostgreSQL (asyncpg); the SIP
+tables too (their repository is in ``sql_sip``).
 
 The tables below describe the schema at the newest migration; the schema itself is created and
 upgraded only by the Alembic scripts in ``migrations/`` (a test checks that both agree).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
@@ -143,6 +145,47 @@ provider_apps = sa.Table(
 )
 
 
+sip_users = sa.Table(
+    "sip_users",
+    metadata,
+    sa.Column("username", sa.String(255), primary_key=True),
+    sa.Column("realm", sa.String(255), primary_key=True),
+    sa.Column("aor", sa.String(512), nullable=False, unique=True),
+    sa.Column("ha1_md5", sa.String(32), nullable=False),
+    sa.Column("ha1_sha256", sa.String(64), nullable=False),
+    sa.Column("display_name", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# No foreign key to sip_users: a registrar running without authentication keeps bindings for
+# AORs that have no account.
+sip_bindings = sa.Table(
+    "sip_bindings",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("aor", sa.String(512), nullable=False, index=True),
+    sa.Column("contact", sa.Text(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("call_id", sa.String(255), nullable=False),
+    sa.Column("cseq", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("instance_id", sa.String(255), nullable=False),
+    sa.Column("reg_id", sa.BigInteger(), nullable=True),
+    sa.Column("q", sa.Float(), nullable=True),
+    sa.Column("path", sa.JSON(), nullable=False),
+    sa.Column("source_transport", sa.String(16), nullable=False),
+    sa.Column("source_host", sa.String(255), nullable=False),
+    sa.Column("source_port", sa.Integer(), nullable=False),
+    sa.Column("pn_provider", sa.String(64), nullable=False),
+    sa.Column("pn_prid", sa.Text(), nullable=False, index=True),
+    sa.Column("pn_param", sa.Text(), nullable=False),
+    sa.Column("pn_extra", sa.JSON(), nullable=False),
+    sa.Column("purr", sa.String(64), nullable=False, index=True),
+    sa.Column("pnsreg", sa.Boolean(), nullable=False),
+    sa.Column("user_agent", sa.Text(), nullable=False),
+)
+
+
 def normalise_url(url: str) -> URL:
     """Parse ``url`` and pick the asyncio driver when none is named (``postgresql://``)."""
     parsed = make_url(url)
@@ -213,18 +256,20 @@ def _values(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
-class SqlRelayRepository:
-    """``RelayRepository`` on one engine.
+# One lock per in-memory SQLite engine, shared by every repository on it: that engine has a
+# single connection, which two transactions must not use at once.
+_memory_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
-    Besides the documented errors, adding a row that refers to a missing tenant, account... raises
-    ``NotFound``; updating or deleting a missing row raises ``NotFound``. Disabling or retiring
-    twice keeps the first timestamp.
-    """
+
+class SqlRepositoryBase:
+    """Transaction and query helpers the repositories share."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._serial: AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if isinstance(engine.pool, StaticPool) else nullcontext()
+            _memory_locks.setdefault(engine, asyncio.Lock())
+            if isinstance(engine.pool, StaticPool)
+            else nullcontext()
         )
 
     @asynccontextmanager
@@ -260,6 +305,15 @@ class SqlRelayRepository:
     async def _all(self, statement: sa.Select[Any]) -> list[sa.Row[Any]]:
         async with self._begin() as conn:
             return list(await conn.execute(statement))
+
+
+class SqlRelayRepository(SqlRepositoryBase):
+    """``RelayRepository`` on one engine.
+
+    Besides the documented errors, adding a row that refers to a missing tenant, account... raises
+    ``NotFound``; updating or deleting a missing row raises ``NotFound``. Disabling or retiring
+    twice keeps the first timestamp.
+    """
 
     # tenants
 

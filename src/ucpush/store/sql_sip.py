@@ -1,0 +1,131 @@
+"""``SipRepository`` on SQLAlchemy Core, sharing the engine and helpers of ``sql``."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ucpush.store.repository import Binding, NotFound, SipUser
+from ucpush.store.sql import SqlRepositoryBase, sip_bindings, sip_users
+
+
+def _binding_values(binding: Binding) -> dict[str, Any]:
+    values = {f.name: getattr(binding, f.name) for f in dataclasses.fields(binding)}
+    values["path"] = list(binding.path)
+    values["pn_extra"] = dict(binding.pn_extra)
+    return values
+
+
+def _binding(row: sa.Row[Any]) -> Binding:
+    values = dict(row._mapping)
+    values["path"] = tuple(values["path"])
+    return Binding(**values)
+
+
+class SqlSipRepository(SqlRepositoryBase):
+    """``SipRepository`` on one engine. Updating or removing a missing row raises ``NotFound``."""
+
+    # users
+
+    async def add_user(self, user: SipUser) -> None:
+        await self._insert(sip_users, dataclasses.asdict(user))
+
+    async def get_user(self, username: str, realm: str) -> SipUser:
+        row = await self._one(
+            sip_users.select().where(sip_users.c.username == username, sip_users.c.realm == realm),
+            "SIP user",
+        )
+        return SipUser(**row._mapping)
+
+    async def list_users(self) -> list[SipUser]:
+        """Ordered by realm, then username."""
+        query = sip_users.select().order_by(sip_users.c.realm, sip_users.c.username)
+        return [SipUser(**r._mapping) for r in await self._all(query)]
+
+    async def delete_user(self, username: str, realm: str) -> None:
+        """NotFound if missing; the user's bindings go too."""
+        async with self._begin() as conn:
+            aor = (
+                await conn.execute(
+                    sa.delete(sip_users)
+                    .where(sip_users.c.username == username, sip_users.c.realm == realm)
+                    .returning(sip_users.c.aor)
+                )
+            ).scalar()
+            if aor is None:
+                raise NotFound("SIP user")
+            await conn.execute(sa.delete(sip_bindings).where(sip_bindings.c.aor == aor))
+
+    # bindings
+
+    async def list_bindings(self, aor: str | None = None) -> list[Binding]:
+        """Ordered by AOR, then most recently updated first (the order of a 200 OK)."""
+        query = sip_bindings.select().order_by(
+            sip_bindings.c.aor, sip_bindings.c.updated_at.desc(), sip_bindings.c.id
+        )
+        if aor is not None:
+            query = query.where(sip_bindings.c.aor == aor)
+        return [_binding(r) for r in await self._all(query)]
+
+    async def get_binding(self, binding_id: str) -> Binding:
+        row = await self._one(
+            sip_bindings.select().where(sip_bindings.c.id == binding_id), "binding"
+        )
+        return _binding(row)
+
+    async def add_binding(self, binding: Binding) -> None:
+        await self._insert(sip_bindings, _binding_values(binding))
+
+    async def update_binding(self, binding: Binding) -> None:
+        values = _binding_values(binding)
+        del values["id"]
+        await self._change_one(
+            sip_bindings.update().where(sip_bindings.c.id == binding.id).values(values), "binding"
+        )
+
+    async def remove_binding(self, binding_id: str) -> None:
+        await self._change_one(
+            sip_bindings.delete().where(sip_bindings.c.id == binding_id), "binding"
+        )
+
+    async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None:
+        """Apply one REGISTER's outcome atomically: insert or replace ``upsert`` and delete the
+        bindings of ``aor`` whose ids are in ``remove`` (missing ones are ignored)."""
+        async with self._begin() as conn:
+            if remove:
+                await conn.execute(
+                    sa.delete(sip_bindings).where(
+                        sip_bindings.c.aor == aor, sip_bindings.c.id.in_(remove)
+                    )
+                )
+            for binding in upsert:
+                await self._upsert(conn, binding)
+
+    async def _upsert(self, conn: AsyncConnection, binding: Binding) -> None:
+        values = _binding_values(binding)
+        insert = (
+            postgresql.insert(sip_bindings)
+            if self._engine.dialect.name == "postgresql"
+            else sqlite.insert(sip_bindings)
+        ).values(values)
+        await conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[sip_bindings.c.id],
+                set_={k: insert.excluded[k] for k in values if k != "id"},
+            )
+        )
+
+    async def remove_expired(self, now: datetime) -> list[Binding]:
+        """Delete every binding with ``expires_at <= now`` and return them."""
+        async with self._begin() as conn:
+            rows = await conn.execute(
+                sa.delete(sip_bindings)
+                .where(sip_bindings.c.expires_at <= now)
+                .returning(*sip_bindings.c)
+            )
+            return sorted((_binding(r) for r in rows), key=lambda b: (b.aor, b.id))

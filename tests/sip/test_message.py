@@ -580,3 +580,37 @@ def test_stream_mode_requires_content_length() -> None:
 def test_leading_crlf_and_bare_lf_accepted() -> None:
     msg = parse_message(b"\r\n\r\n" + REGISTER.replace(b"\r\n", b"\n"))
     assert isinstance(msg, SipRequest) and msg.method == "REGISTER"
+
+
+def test_typed_values_follow_header_changes() -> None:
+    msg = parse_message(REGISTER)
+    assert msg.to.tag is None and len(msg.vias) == 1
+    msg.vias.clear()  # a copy: the message is not affected
+    assert len(msg.vias) == 1
+    msg.headers.set("To", "<sip:alice@example.com>;tag=new")
+    msg.headers.prepend("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp1")
+    assert msg.to.tag == "new"
+    assert [v.host for v in msg.vias] == ["proxy.example.com", "192.0.2.7"]
+    assert msg.top_via.branch == "z9hG4bKp1"
+    msg.headers.pop_first("Via")
+    assert msg.top_via.branch == "z9hG4bK776asdhds"
+    msg.headers.remove("Contact")
+    assert msg.contacts == []
+    msg.headers = Headers([("Via", "SIP/2.0/TCP h;branch=z9hG4bKx")])
+    assert msg.top_via.host == "h"
+    with pytest.raises(SipParseError, match="Missing To"):
+        msg.to  # noqa: B018
+
+
+def test_auth_and_date_headers_never_split() -> None:
+    raw = REGISTER.replace(
+        b"Expires: 3600\r\n",
+        b'Authorization: Digest username="alice", realm="example.com", nonce="a,b"\r\n'
+        b'Proxy-Authenticate: Digest realm="x", qop="auth,auth-int"\r\n'
+        b"Proxy-Require: foo, bar\r\n"
+        b"Date: Sat, 13 Nov 2010 23:29:00 GMT\r\n",
+    )
+    msg = parse_message(raw)
+    for name in ("Authorization", "Proxy-Authenticate", "Proxy-Require", "Date"):
+        assert msg.headers.count(name) == 1
+    assert msg.headers.get("Proxy-Require") == "foo, bar"

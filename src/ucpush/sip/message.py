@@ -10,9 +10,10 @@ can be routed without further checks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.uri import (
@@ -33,6 +34,8 @@ from ucpush.sip.uri import (
     parse_uri,
     unquote,
 )
+
+_T = TypeVar("_T")
 
 SIP_VERSION = "SIP/2.0"
 MAGIC_COOKIE = "z9hG4bK"
@@ -137,7 +140,8 @@ _KNOWN = [
 ]
 _CANONICAL = {name.lower(): name for name in _KNOWN} | {k: v for k, v in _COMPACT.items()}
 # Headers whose comma-separated values are independent entries (RFC 3261 §7.3.1). Never the
-# auth headers (their params are comma-separated) or Date (its value contains a comma).
+# auth headers (their params are comma-separated), other Proxy-* headers, or Date (its value
+# contains a comma).
 _ADDRESS_LISTS = frozenset(
     [
         "via",
@@ -163,7 +167,6 @@ _LISTS = _ADDRESS_LISTS | frozenset(
         "content-language",
         "error-info",
         "in-reply-to",
-        "proxy-require",
         "reason",
         "require",
         "supported",
@@ -209,6 +212,8 @@ def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quoted strings and <...>."""
     if "," not in value:
         return [value]
+    if '"' not in value and "<" not in value:
+        return [part.strip(" \t") for part in value.split(",")]
     out: list[str] = []
     start = 0
     depth = 0
@@ -237,19 +242,22 @@ def split_list(value: str) -> list[str]:
 class Headers:
     """Ordered, case-insensitive multi-map of header fields."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str, str]] = []
+        self._version = 0  # bumped on every change; messages key their typed cache on it
         for name, value in items:
             self.add(name, value)
 
     def add(self, name: str, value: str) -> None:
+        self._version += 1
         name = canonical_name(name)
         self._items.append((name.lower(), name, value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of that name (top Via, top Route), else first."""
+        self._version += 1
         name = canonical_name(name)
         key = name.lower()
         index = next((i for i, item in enumerate(self._items) if item[0] == key), 0)
@@ -268,6 +276,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every header of that name by one, at the position of the first."""
+        self._version += 1
         name = canonical_name(name)
         key = name.lower()
         out: list[tuple[str, str, str]] = []
@@ -284,6 +293,7 @@ class Headers:
         self._items = out
 
     def remove(self, name: str) -> int:
+        self._version += 1
         key = canonical_name(name).lower()
         before = len(self._items)
         self._items = [item for item in self._items if item[0] != key]
@@ -291,6 +301,7 @@ class Headers:
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of that name (stripping top Via or Route)."""
+        self._version += 1
         key = canonical_name(name).lower()
         for i, item in enumerate(self._items):
             if item[0] == key:
@@ -471,13 +482,14 @@ def parse_date(value: str) -> datetime:
 class SipMessage:
     """Common part of requests and responses."""
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("_cache", "body", "headers")
 
     def __init__(
         self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""
     ) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.body = body
+        self._cache: dict[str, Any] = {}
 
     def start_line(self) -> str:
         raise NotImplementedError
@@ -506,21 +518,41 @@ class SipMessage:
             raise SipParseError(f"Missing {name} header")
         return value
 
+    def _cached(self, key: str, build: Callable[[], _T]) -> _T:
+        """Typed values are parsed once per version of the headers: a proxy reads Via, CSeq and
+        From/To many times (transaction keys, routing), and parsing already did it once."""
+        headers = self.headers
+        cache = self._cache
+        if cache.get("") is not headers or cache.get(" v") != headers._version:
+            cache.clear()
+            cache[""] = headers
+            cache[" v"] = headers._version
+        try:
+            return cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = cache[key] = build()
+            return value
+
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        return list(
+            self._cached("vias", lambda: tuple(map(parse_via, self.headers.get_all("Via"))))
+        )
 
     @property
     def top_via(self) -> Via:
-        return parse_via(self._one("Via"))
+        vias = self._cached("vias", lambda: tuple(map(parse_via, self.headers.get_all("Via"))))
+        if not vias:
+            raise SipParseError("Missing Via header")
+        return vias[0]
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self._one("From"), "From")
+        return self._cached("from", lambda: parse_name_addr(self._one("From"), "From"))
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self._one("To"), "To")
+        return self._cached("to", lambda: parse_name_addr(self._one("To"), "To"))
 
     @property
     def call_id(self) -> str:
@@ -528,7 +560,7 @@ class SipMessage:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self._one("CSeq"))
+        return self._cached("cseq", lambda: parse_cseq(self._one("CSeq")))
 
     @property
     def max_forwards(self) -> int | None:
@@ -551,17 +583,26 @@ class SipMessage:
 
     @property
     def contacts(self) -> list[Contact]:
-        if self.contact_wildcard:
-            return []
-        return [parse_contact(v) for v in self.headers.get_all("Contact")]
+        return list(self._cached("contacts", self._parse_contacts))
+
+    def _parse_contacts(self) -> tuple[Contact, ...]:
+        values = self.headers.get_all("Contact")
+        if values == ["*"]:
+            return ()
+        if "*" in values:
+            raise SipParseError("Contact '*' must be the only Contact")
+        return tuple(map(parse_contact, values))
 
     @property
     def routes(self) -> list[NameAddr]:
-        return [parse_name_addr(v, "Route") for v in self.headers.get_all("Route")]
+        return list(self._cached("routes", lambda: self._name_addrs("Route")))
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return [parse_name_addr(v, "Record-Route") for v in self.headers.get_all("Record-Route")]
+        return list(self._cached("record-routes", lambda: self._name_addrs("Record-Route")))
+
+    def _name_addrs(self, name: str) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v, name) for v in self.headers.get_all(name))
 
     @property
     def expires(self) -> int | None:
@@ -582,35 +623,31 @@ class SipMessage:
 
     def _validate(self) -> None:
         """Check every header a proxy or the transaction layer relies on."""
+        counts: dict[str, int] = {}
+        for key, _, _ in self.headers._items:
+            counts[key] = counts.get(key, 0) + 1
         for name in _AT_MOST_ONCE:
-            count = self.headers.count(name)
+            count = counts.get(name.lower(), 0)
             if count > 1:
                 raise SipParseError(f"Multiple {name} headers")
             if count == 0 and name in _REQUIRED:
                 raise SipParseError(f"Missing {name} header")
-        vias = self.headers.get_all("Via")
-        if not vias:
-            raise SipParseError("Missing Via header")
-        for value in vias:
-            parse_via(value)
-        parse_name_addr(self._one("From"), "From")
-        parse_name_addr(self._one("To"), "To")
+        self.top_via  # noqa: B018  (each accessor parses, validates and caches)
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
         if not _CALL_ID_RE.fullmatch(self.call_id):
             raise SipParseError("Malformed Call-ID")
-        parse_cseq(self._one("CSeq"))
-        if "Max-Forwards" in self.headers:
-            _parse_int(self._one("Max-Forwards"), "Max-Forwards", MAX_FORWARDS_LIMIT)
-        contacts = self.headers.get_all("Contact")
-        if contacts != ["*"]:
-            for value in contacts:
-                if value == "*":
-                    raise SipParseError("Contact '*' must be the only Contact")
-                parse_contact(value)
-        for name in ("Route", "Record-Route"):
-            for value in self.headers.get_all(name):
-                parse_name_addr(value, name)
-        if "Date" in self.headers:
-            parse_date(self._one("Date"))
+        self.cseq  # noqa: B018
+        if "max-forwards" in counts:
+            self.max_forwards  # noqa: B018
+        if "contact" in counts:
+            self.contacts  # noqa: B018
+        if "route" in counts:
+            self.routes  # noqa: B018
+        if "record-route" in counts:
+            self.record_routes  # noqa: B018
+        if "date" in counts:
+            self.date  # noqa: B018
 
 
 class SipRequest(SipMessage):
@@ -768,7 +805,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     if ends is None:
         raise SipParseError("Missing empty line after the headers")
     text = data[start : ends[0]].decode("utf-8", "surrogateescape")
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    if text.count("\n") == text.count("\r\n"):
+        lines = text.split("\r\n")
+    else:  # bare LF line ends (tolerated)
+        lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     body = data[ends[1] :]
     first = lines[0]
 

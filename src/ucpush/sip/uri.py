@@ -254,7 +254,7 @@ def parse_uri(text: str) -> URI:
     lower = scheme.lower()
     if lower not in ("sip", "sips"):
         return AbsoluteURI(scheme, rest)
-    if _BAD_ESCAPE_RE.search(rest):
+    if "%" in rest and _BAD_ESCAPE_RE.search(rest):
         raise SipParseError(f"Bad %-escape in URI {text[:60]!r}")
 
     user = password = None

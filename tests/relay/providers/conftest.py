@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +15,16 @@ import pytest
 from ucpush.config import RelaySettings
 from ucpush.relay.providers.apns import ApnsProvider
 from ucpush.relay.providers.base import Priority, ProviderPush, PushType
+from ucpush.relay.providers.fcm import FcmProvider
 from ucpush.sim.apns import ApnsSimulator, DeviceRegistry
-from ucpush.sim.credentials import make_apns_key
+from ucpush.sim.credentials import make_apns_key, make_service_account
+from ucpush.sim.fcm import FcmSimulator
 from ucpush.store.repository import ProviderApp
 
 TEAM_ID = "TEAM123456"
 KEY_ID = "KEY1234567"
 BUNDLE = "org.example.softphone"
+FCM_PROJECT = "example-softphone"
 # Stands in for the relay's compact JWE; the providers never look inside.
 PAYLOAD = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..c2VjcmV0LWl2.Y2lwaGVydGV4dA.dGFn"
 
@@ -141,3 +146,60 @@ async def apns_provider_factory(
 @pytest.fixture
 def apns_provider(apns_provider_factory: Callable[..., ApnsProvider]) -> ApnsProvider:
     return apns_provider_factory()
+
+
+@dataclass
+class FcmWorld:
+    sim: FcmSimulator
+    # The simulator's clock stays near real time: google-auth signs its grant with the real
+    # clock and the token endpoint checks it.
+    sim_clock: FakeClock
+    # The provider's clock (TTLs, quota back-off), free to move.
+    clock: FakeClock
+    app: ProviderApp
+
+    def settings(self, **overrides: Any) -> RelaySettings:
+        return fast_settings(fcm_url=self.sim.url, **overrides)
+
+    def device(self, project: str = FCM_PROJECT) -> str:
+        token = "fcm-" + secrets.token_urlsafe(48)
+        self.sim.register_device(token, project)
+        return token
+
+
+def write_service_account(sim: FcmSimulator, path: Path, project: str = FCM_PROJECT) -> None:
+    """A fresh service account trusted by ``sim``, written where an operator would put it."""
+    info, public_pem = make_service_account(project, sim.token_uri)
+    path.write_text(json.dumps(info))
+    sim.add_service_account(info["client_email"], project, public_pem, info["private_key_id"])
+
+
+@pytest.fixture
+async def fcm_world(tmp_path: Path) -> AsyncIterator[FcmWorld]:
+    sim_clock = FakeClock(time.time())
+    async with FcmSimulator(clock=sim_clock) as sim:
+        sa_file = tmp_path / "service-account.json"
+        write_service_account(sim, sa_file)
+        app = ProviderApp(
+            tenant_id="tenant-1", service="FCM", topic=FCM_PROJECT, credentials_file=str(sa_file)
+        )
+        yield FcmWorld(sim, sim_clock, FakeClock(), app)
+
+
+@pytest.fixture
+async def fcm_provider_factory(fcm_world: FcmWorld) -> AsyncIterator[Callable[..., FcmProvider]]:
+    providers: list[FcmProvider] = []
+
+    def build(**overrides: Any) -> FcmProvider:
+        provider = FcmProvider(fcm_world.settings(**overrides), clock=fcm_world.clock)
+        providers.append(provider)
+        return provider
+
+    yield build
+    for provider in providers:
+        await provider.aclose()
+
+
+@pytest.fixture
+def fcm_provider(fcm_provider_factory: Callable[..., FcmProvider]) -> FcmProvider:
+    return fcm_provider_factory()

@@ -59,10 +59,11 @@ def test_data_values_are_strings() -> None:
     assert data == {"jwe": PAYLOAD, "type": "missed-call", "tid": push.tracking_id}
 
 
-def test_size_limit_is_on_the_data() -> None:
-    overhead = len(json.dumps({"jwe": "", "type": "message", "tid": "t"}, separators=(",", ":")))
+def test_size_limit_is_on_the_whole_message() -> None:
+    empty = make_push(APP, "reg-token", tracking_id="t", payload="")
+    overhead = len(json.dumps(json.loads(build_body(empty, NOW))["message"], separators=(",", ":")))
     fits = make_push(APP, "reg-token", tracking_id="t", payload="x" * (4096 - overhead))
-    build_body(fits, NOW)
+    assert len(build_body(fits, NOW)) == 4096 + len('{"message":}')
     too_big = make_push(APP, "reg-token", tracking_id="t", payload="x" * (4097 - overhead))
     with pytest.raises(PayloadTooLarge) as raised:
         build_body(too_big, NOW)

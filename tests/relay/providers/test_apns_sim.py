@@ -196,6 +196,23 @@ async def test_no_token_update_errors_over_hours_of_traffic(
     assert len(apns_world.production.delivered) == 20 * 24
 
 
+async def test_connection_opened_late_recovers_from_token_update_block(
+    apns_world: ApnsWorld, apns_provider_factory: Factory
+):
+    """A connection replaced shortly before the token rolls over is blocked by APNs' 20-minute
+    rule; the push moves to a fresh connection instead of failing."""
+    provider = apns_provider_factory(apns_connections=1)
+    token = apns_world.device()
+    assert (await provider.send(make_push(apns_world.app, token))).attempts == 1
+    apns_world.clock.advance(2900)
+    apns_world.production.inject(Fault("reset"))  # the replacement adopts the old token late
+    assert (await provider.send(make_push(apns_world.app, token))).attempts == 2
+    apns_world.clock.advance(200)  # token renewed: the young connection may not switch yet
+    result = await provider.send(make_push(apns_world.app, token))
+    assert (result.outcome, result.attempts) == (Outcome.DELIVERED, 2)
+    assert len(apns_world.production.delivered) == 3
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -205,8 +222,9 @@ async def test_no_token_update_errors_over_hours_of_traffic(
         Fault("status", status=503, retry_after=1),
         Fault("reset"),
         Fault("reset", count=2),
+        Fault("status", status=429, reason="TooManyProviderTokenUpdates"),
     ],
-    ids=["429", "500", "503x2", "503-retry-after", "reset", "reset-x2"],
+    ids=["429", "500", "503x2", "503-retry-after", "reset", "reset-x2", "token-updates"],
 )
 async def test_transient_failures_are_retried_and_delivered_once(
     apns_world: ApnsWorld, apns_provider: ApnsProvider, fault: Fault

@@ -30,6 +30,17 @@ async def test_requests_go_to_the_least_busy_connection() -> None:
     await pool.aclose()
 
 
+async def test_idle_pool_rotates_through_its_connections() -> None:
+    pool = _pool()
+    used = []
+    for _ in range(6):
+        async with pool.connection() as conn:
+            used.append(id(conn))
+    assert len(set(used)) == 3
+    assert used[:3] == used[3:]
+    await pool.aclose()
+
+
 async def test_transport_error_retires_the_connection() -> None:
     pool = _pool(1)
     with pytest.raises(httpx.ConnectError):

@@ -59,6 +59,7 @@ class ClientPool:
         self._timeout = timeout
         self._ssl_context = ssl_context
         self._connections = [self._new_connection() for _ in range(size)]
+        self._turn = 0
         self._closed = False
 
     def _new_connection(self) -> Connection:
@@ -73,7 +74,11 @@ class ClientPool:
         """
         if self._closed:
             raise RuntimeError("provider pool is closed")
-        conn = min(self._connections, key=lambda c: c.busy)
+        # Ties go round-robin, so every connection is in use (and adopts the APNs token) from
+        # the first few requests on, not only when load first spills over.
+        self._turn = (self._turn + 1) % len(self._connections)
+        rotated = self._connections[self._turn :] + self._connections[: self._turn]
+        conn = min(rotated, key=lambda c: c.busy)
         conn.busy += 1
         try:
             yield conn

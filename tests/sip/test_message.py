@@ -14,7 +14,15 @@ from ucpush.sip.message import (
     parse_message,
     split_list,
 )
-from ucpush.sip.uri import AbsoluteURI, NameAddr, SipURI, parse_name_addr, parse_uri
+from ucpush.sip.uri import (
+    AbsoluteURI,
+    NameAddr,
+    SipURI,
+    parse_name_addr,
+    parse_uri,
+    quote,
+    unquote,
+)
 
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\n"
@@ -614,3 +622,64 @@ def test_auth_and_date_headers_never_split() -> None:
     for name in ("Authorization", "Proxy-Authenticate", "Proxy-Require", "Date"):
         assert msg.headers.count(name) == 1
     assert msg.headers.get("Proxy-Require") == "foo, bar"
+
+
+def replace_header(raw: bytes, name: str, value: str) -> bytes:
+    """Swap the first header line called ``name`` (or Expires if there is none)."""
+    lines = raw.split(b"\r\n")
+    key = name.encode() + b":"
+    index = next((i for i, line in enumerate(lines) if line.startswith(key)), None)
+    if index is None:
+        index = lines.index(b"Expires: 3600")
+    lines[index] = f"{name}: {value}".encode()
+    return b"\r\n".join(lines)
+
+
+def test_small_accessors_and_errors() -> None:
+    h = Headers([("Allow", "INVITE"), ("Allow", "ACK"), ("To", "<sip:a@b>")])
+    h.set("allow", "BYE")
+    assert list(h) == [("Allow", "BYE"), ("To", "<sip:a@b>")]
+    assert h.pop_first("From") is None and h.get("From") is None
+    assert repr(h).startswith("Headers(")
+    msg = parse_message(REGISTER)
+    msg.headers.set("Expires", "soon")
+    with pytest.raises(SipParseError, match="Expires"):
+        msg.expires  # noqa: B018
+    for name, value, pattern in [
+        ("Call-ID", "has space", "Call-ID"),
+        ("CSeq", "1", "CSeq"),
+        ("Date", "Mon, 31 Feb 2025 10:00:00 GMT", "no such time"),
+        ("Via", "SIP/2.0 UDP host", "Via"),
+        ("Via", "SIP/2.0/UDP host;branch", "branch"),
+        ("Via", "SIP/2.0/UDP [::1", "Via"),
+        ("To", '"Bob" sip:bob@example.com', "after display name"),
+    ]:
+        raw = replace_header(REGISTER, name, value)
+        with pytest.raises(SipParseError, match=pattern):
+            parse_message(raw)
+    contact = parse_message(REGISTER.replace(b"reg-id=1", b"q=high")).contacts[0]
+    assert contact.q is None and contact.reg_id is None
+
+
+def test_response_model() -> None:
+    ok = SipResponse(200, "OK", [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1")])
+    assert ok == ok.copy() and ok != SipResponse(200, "Fine", ok.headers)
+    assert not ok.provisional and SipResponse(183).provisional
+    assert repr(ok) == "<SipResponse 200 OK>"
+    assert ok != "SIP/2.0 200 OK"
+
+
+def test_quote_display_names() -> None:
+    name = quote('Bob "the" \\ Builder')
+    na = parse_name_addr(f"{name} <sip:bob@example.com>", "From")
+    assert na.display == 'Bob "the" \\ Builder'
+    assert unquote("plain") == "plain"
+
+
+def test_more_uri_comparisons() -> None:
+    assert parse_uri("sip:a:pw@h").equivalent(parse_uri("sip:a:%70w@h"))
+    assert not parse_uri("sip:a:pw@h").equivalent(parse_uri("sip:a:PW@h"))
+    assert parse_uri("tel:+1-555-0100").equivalent(parse_uri("TEL:+1-555-0100"))
+    assert not parse_uri("tel:+1-555-0100").equivalent(parse_uri("sip:+1-555-0100@h"))
+    with pytest.raises(SipParseError, match="Junk"):
+        parse_uri("sip:[::1]x")

@@ -50,6 +50,8 @@ from ucpush.sim.credentials import FCM_SCOPE
 from ucpush.sim.h2server import Request, Response
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# google-auth always signs its grant for Google's endpoint, whatever token_uri it posts to.
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 ACCESS_TOKEN_LIFETIME = 3600  # s
 MAX_ASSERTION_LIFETIME = 3600  # s, exp - iat
@@ -228,6 +230,16 @@ class FcmSimulator(SimulatorBase):
     def clear_delivered(self) -> None:
         self.delivered.clear()
 
+    def issue_access_token(
+        self, client_email: str, project_id: str, lifetime: float = ACCESS_TOKEN_LIFETIME
+    ) -> str:
+        """An access token as ``POST /token`` grants; lets benchmarks skip the OAuth round."""
+        access_token = "ya29.sim-" + secrets.token_urlsafe(32)
+        self._access_tokens[access_token] = _AccessToken(
+            client_email, project_id, self.clock() + lifetime
+        )
+        return access_token
+
     # -- dispatch ---------------------------------------------------------------------
 
     def _is_push(self, request: Request) -> bool:
@@ -276,7 +288,11 @@ class FcmSimulator(SimulatorBase):
             return _oauth_error("invalid_grant", "Invalid JWT Signature.")
         if claims.get("iss") != account.client_email:
             return _oauth_error("invalid_grant", "Invalid email or User ID")
-        audiences = {self.token_uri, f"{request.scheme}://{request.authority}/token"}
+        audiences = {
+            GOOGLE_TOKEN_URI,
+            self.token_uri,
+            f"{request.scheme}://{request.authority}/token",
+        }
         if claims.get("aud") not in audiences:
             return _oauth_error(
                 "invalid_grant",
@@ -294,10 +310,7 @@ class FcmSimulator(SimulatorBase):
         scopes = str(claims.get("scope", "")).split()
         if FCM_SCOPE not in scopes and CLOUD_PLATFORM_SCOPE not in scopes:
             return _oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience.")
-        access_token = "ya29.sim-" + secrets.token_urlsafe(32)
-        self._access_tokens[access_token] = _AccessToken(
-            account.client_email, account.project_id, now + ACCESS_TOKEN_LIFETIME
-        )
+        access_token = self.issue_access_token(account.client_email, account.project_id)
         return json_response(
             200,
             {"access_token": access_token, "expires_in": 3599, "token_type": "Bearer"},

@@ -1,0 +1,183 @@
+"""The bare HTTP/2 server: streams, flow control, body cap, faults, TLS/ALPN, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from ucpush.sim.h2server import H2Server, Request, Response
+
+
+async def echo(request: Request) -> Response:
+    if request.path == "/slow":
+        await asyncio.sleep(0.3)
+    if request.path == "/boom":
+        raise RuntimeError("handler bug")
+    if request.path == "/reset":
+        return Response.reset()
+    if request.path == "/goaway":
+        return Response.goaway()
+    if request.path.startswith("/big/"):
+        return Response(
+            200, [("content-type", "application/octet-stream")], b"z" * int(request.path[5:])
+        )
+    headers = [("x-method", request.method), ("x-path", request.path)]
+    headers += [("x-header-" + k, v) for k, v in request.headers if k.startswith("x-")]
+    return Response(200, headers, request.body)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[H2Server]:
+    server = H2Server(echo, max_body=100_000)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=10) as client:
+        yield client
+
+
+async def test_request_fields_and_body_over_many_frames(
+    server: H2Server, client: httpx.AsyncClient
+) -> None:
+    body = bytes(range(256)) * 300  # 76 800 bytes: several 16 KiB DATA frames
+    response = await client.put(
+        server.url + "/p?q=1", content=body, headers={"X-Thing": "A", "x-dup": "1"}
+    )
+    assert response.status_code == 200
+    assert response.content == body
+    assert response.headers["x-method"] == "PUT"
+    assert response.headers["x-path"] == "/p?q=1"
+    assert response.headers["x-header-x-thing"] == "A"  # names arrive lower-case
+
+
+async def test_response_larger_than_client_window(
+    server: H2Server, client: httpx.AsyncClient
+) -> None:
+    # 1 MB exceeds the 65 535-byte initial window: the server must wait for WINDOW_UPDATEs.
+    response = await client.get(server.url + "/big/1000000")
+    assert len(response.content) == 1_000_000
+
+
+async def test_concurrent_big_responses(server: H2Server, client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(*(client.get(server.url + "/big/200000") for _ in range(20)))
+    assert all(len(r.content) == 200_000 for r in responses)
+
+
+async def test_body_cap(server: H2Server, client: httpx.AsyncClient) -> None:
+    response = await client.post(server.url + "/", content=b"x" * 100_001)
+    assert response.status_code == 413
+    assert (await client.post(server.url + "/", content=b"ok")).content == b"ok"
+
+
+async def test_handler_exception_is_500(server: H2Server, client: httpx.AsyncClient) -> None:
+    assert (await client.get(server.url + "/boom")).status_code == 500
+    assert server.handler_errors == 1
+    assert (await client.get(server.url + "/")).status_code == 200
+
+
+async def test_slow_request_does_not_block(server: H2Server, client: httpx.AsyncClient) -> None:
+    loop = asyncio.get_running_loop()
+    slow = asyncio.create_task(client.get(server.url + "/slow"))
+    await asyncio.sleep(0.05)
+    start = loop.time()
+    await asyncio.gather(*(client.get(server.url + "/") for _ in range(10)))
+    assert loop.time() - start < 0.25
+    assert (await slow).status_code == 200
+    assert server.connection_count == 1
+
+
+async def test_many_streams(server: H2Server) -> None:
+    # httpx caps itself at 100 streams per connection; several clients load one server.
+    clients = [httpx.AsyncClient(http1=False, http2=True) for _ in range(3)]
+    try:
+        responses = await asyncio.gather(
+            *(c.post(server.url + "/", content=b"%d" % i) for i in range(150) for c in clients)
+        )
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    assert len(responses) == 450
+    assert all(r.status_code == 200 for r in responses)
+
+
+async def test_reset_and_goaway(server: H2Server, client: httpx.AsyncClient) -> None:
+    with pytest.raises(httpx.TransportError):
+        await client.get(server.url + "/reset")
+    assert (await client.get(server.url + "/")).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        # Stream 3 of the new connection: last_stream_id 1, so httpx retries on a new
+        # connection, which refuses again (stream 1, last_stream_id 0): an error surfaces.
+        await client.get(server.url + "/goaway")
+    assert (await client.get(server.url + "/")).status_code == 200
+
+
+async def test_garbage_and_http1_are_dropped(server: H2Server, client: httpx.AsyncClient) -> None:
+    for data in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x00" * 100,
+        # Preface, then a DATA frame on stream 0.
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x01\x00\x00\x00\x00\x00\x00x",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), timeout=5)  # server closes the connection
+        writer.close()
+    assert (await client.get(server.url + "/")).status_code == 200
+
+
+async def test_client_disconnect_cancels_handler(server: H2Server) -> None:
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=0.05) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            await impatient.get(server.url + "/slow")
+    await asyncio.sleep(0.4)
+    assert server.handler_errors == 0
+
+
+async def test_graceful_stop_drains_in_flight() -> None:
+    server = H2Server(echo)
+    await server.start()
+    async with httpx.AsyncClient(http1=False, http2=True) as client:
+        slow = asyncio.create_task(client.get(server.url + "/slow"))
+        await asyncio.sleep(0.05)
+        await server.stop(grace=2)
+        assert (await slow).status_code == 200
+        with pytest.raises(httpx.TransportError):
+            await client.get(server.url + "/")
+
+
+async def test_tls_requires_alpn_h2(server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext) -> None:
+    server = H2Server(echo, ssl_context=server_ssl)
+    await server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            response = await client.get(server.url + "/")
+            assert response.http_version == "HTTP/2"
+        async with httpx.AsyncClient(http1=True, http2=False, verify=client_ssl) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get(server.url + "/")
+    finally:
+        await server.stop()
+
+
+async def test_ipv6_url() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = H2Server(echo, host="::1")
+    try:
+        await server.start()
+    except OSError:
+        pytest.skip("IPv6 loopback unavailable")
+    try:
+        assert server.url == f"http://[::1]:{server.port}"
+    finally:
+        await server.stop()

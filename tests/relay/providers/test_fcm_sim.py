@@ -139,11 +139,14 @@ async def test_quota_exceeded_backs_off_the_project(
     )
     assert result.retry_after is not None and result.retry_after >= 60
 
-    # Further pushes to the project are throttled without asking FCM.
+    # Further pushes to the project are throttled without asking FCM: a queued fault stays.
     fcm_world.clock.advance(30)
+    fcm_world.sim.inject(Fault("latency"))
     result = await fcm_provider.send(make_push(fcm_world.app, token))
     assert (result.outcome, result.attempts, result.retry_after) == (Outcome.THROTTLED, 0, 30)
+    assert len(fcm_world.sim.faults) == 1
     assert fcm_world.sim.delivered == []
+    fcm_world.sim.faults.clear()
 
     # Other projects are not affected.
     other_file = tmp_path / "other.json"

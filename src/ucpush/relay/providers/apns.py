@@ -117,7 +117,7 @@ def interpret_response(
     status: int, headers: Mapping[str, str], content: bytes
 ) -> ProviderResult | Retry:
     """Map one APNs answer to a final result, or to a ``Retry`` for 429/5xx."""
-    if status == 200:
+    if 200 <= status < 300:  # APNs sends 200; any 2xx means it took the push, never resend
         return ProviderResult(Outcome.DELIVERED, status=status, provider_id=headers.get("apns-id"))
     error = json_object(content)
     reason = error.get("reason")
@@ -176,7 +176,8 @@ class ProviderTokens:
     def current(self, app: ProviderApp) -> str:
         """The token to use now; raises OSError/ValueError if the .p8 key cannot be loaded."""
         token = self._tokens.get((app.team_id, app.key_id))
-        if token is None or self._clock() - token.issued_at >= self._refresh_after:
+        # A negative age means the wall clock was set back: start over rather than wait.
+        if token is None or not 0 <= self._clock() - token.issued_at < self._refresh_after:
             token = self._issue(app, forced=False)
         return token.value
 

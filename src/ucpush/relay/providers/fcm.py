@@ -107,7 +107,7 @@ def interpret_response(
     provider renews the access token or records the project's back-off around this.
     """
     answer = json_object(content)
-    if status == 200:
+    if 200 <= status < 300:  # FCM took the message: never resend
         name = answer.get("name")
         return ProviderResult(
             Outcome.DELIVERED, status=status, provider_id=name if isinstance(name, str) else None
@@ -253,13 +253,11 @@ class FcmProvider:
     async def _send(self, push: ProviderPush, body: bytes) -> ProviderResult:
         project = push.app.topic
         backoff = self._quota.get(project)
-        if backoff is not None and self._clock() < backoff.until:
+        remaining = backoff.until - self._clock() if backoff is not None else 0.0
+        if remaining > 0:
             # FCM asked us to slow down for the whole project: don't even try.
             return ProviderResult(
-                Outcome.THROTTLED,
-                reason="QUOTA_EXCEEDED",
-                retry_after=backoff.until - self._clock(),
-                attempts=0,
+                Outcome.THROTTLED, reason="QUOTA_EXCEEDED", retry_after=remaining, attempts=0
             )
         try:
             access = self._access_token(push.app.credentials_file)
@@ -313,13 +311,15 @@ class FcmProvider:
     def _quota_exceeded(self, project: str, result: ProviderResult) -> ProviderResult:
         """Start (or extend) the project's back-off: 60 s, doubling per episode, capped."""
         now = self._clock()
+        wait = result.retry_after or QUOTA_BACKOFF_MIN
         backoff = self._quota.setdefault(project, _QuotaBackoff())
         if now >= backoff.until:
-            # A new episode; answers to requests already in flight don't count again.
             backoff.streak += 1
-        delay = min(QUOTA_BACKOFF_MAX, QUOTA_BACKOFF_MIN * 2 ** min(backoff.streak - 1, 10))
-        delay = max(delay, result.retry_after or 0.0)
-        backoff.until = max(backoff.until, now + delay)
+            doubled = QUOTA_BACKOFF_MIN * 2 ** min(backoff.streak - 1, 10)
+            backoff.until = now + max(wait, min(QUOTA_BACKOFF_MAX, doubled))
+        else:
+            # An answer to a request sent before the episode began: same episode.
+            backoff.until = max(backoff.until, now + wait)
         return ProviderResult(
             Outcome.THROTTLED,
             status=result.status,

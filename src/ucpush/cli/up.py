@@ -1,0 +1,117 @@
+"""``ucpush up``: the whole stack in one process on embedded defaults.
+
+SQLite in ``data_dir``, the APNs/FCM simulators standing in for Apple and Google, and the relay
+configured with a ``local`` tenant whose apps point at the simulators. Credentials for the
+simulators are generated on first start and kept in ``data_dir/sim-credentials``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ucpush.config import Settings
+from ucpush.logging import configure_logging
+from ucpush.relay.server import run_relay
+from ucpush.sim.cli import CA_FILE_NAME, RunningSimulators, run_simulators
+from ucpush.sim.credentials import make_apns_key, make_service_account
+from ucpush.store import open_store
+from ucpush.store.repository import ProviderApp
+
+LOCAL_TENANT = "local"
+TEAM_ID, KEY_ID = "UCPUSHTEAM", "UCPUSHKEY1"
+BUNDLE = "org.ucpush.softphone"
+FCM_PROJECT = "ucpush-local"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path, Path]:
+    """Load or create the APNs key and FCM service account, and teach the simulators them."""
+    folder = settings.data_dir / "sim-credentials"
+    p8 = folder / "AuthKey.p8"
+    public = folder / "AuthKey.pub.pem"
+    if not p8.exists():
+        private_pem, public_pem = make_apns_key()
+        _write_secret(p8, private_pem)
+        _write_secret(public, public_pem)
+    for sim in (sims.apns, sims.apns_sandbox):
+        sim.add_signing_key(TEAM_ID, KEY_ID, public.read_bytes())
+    # The service account is remade each start: its token_uri names this run's simulator.
+    account, account_public = make_service_account(FCM_PROJECT, sims.fcm.token_uri)
+    sa_file = folder / "fcm-service-account.json"
+    _write_secret(sa_file, json.dumps(account, indent=2).encode())
+    sims.fcm.add_service_account(
+        account["client_email"], FCM_PROJECT, account_public, account["private_key_id"]
+    )
+    return p8, sa_file
+
+
+async def _up(settings: Settings, console: Console) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sims = await run_simulators(settings.sim)
+    try:
+        p8, sa_file = _sim_credentials(settings, sims)
+        relay_settings = settings.relay.model_copy(
+            update={
+                "apns_production_url": sims.apns.url,
+                "apns_sandbox_url": sims.apns_sandbox.url,
+                "fcm_url": sims.fcm.url,
+            }
+        )
+        if sims.ca_pem is not None:
+            ca_file = settings.data_dir / CA_FILE_NAME
+            ca_file.write_bytes(sims.ca_pem)
+            relay_settings = relay_settings.model_copy(update={"provider_ca_file": str(ca_file)})
+        wired = settings.model_copy(update={"relay": relay_settings})
+        async with await open_store(settings.store_url) as store:
+            from ucpush.relay.identity import Identity
+            from ucpush.relay.onboarding import Onboarding
+
+            onboarding = Onboarding(store.relay, Identity(store.relay, "", 60))
+            tenant = await onboarding.tenant(LOCAL_TENANT, create=True)
+            for service, env in (("APNS", "production"), ("APNS:dev", "sandbox")):
+                await store.relay.put_app(
+                    ProviderApp(tenant.id, service, BUNDLE, str(p8), env, TEAM_ID, KEY_ID)
+                )
+            await store.relay.put_app(ProviderApp(tenant.id, "FCM", FCM_PROJECT, str(sa_file)))
+            async with run_relay(wired, store) as relay:
+                table = Table("component", "address", title="ucpush is up", show_lines=False)
+                table.add_row("relay", relay.url)
+                table.add_row("relay API docs", f"{relay.url}/docs")
+                for name, url in sims.urls.items():
+                    table.add_row(f"sim {name}", url)
+                table.add_row("database", settings.store_url)
+                console.print(table)
+                console.print(
+                    f"Tenant [bold]{LOCAL_TENANT}[/] has APNS, APNS:dev and FCM apps on the "
+                    "simulators.\nOnboard a cluster: [bold]ucpush relay voucher create "
+                    f"--tenant {LOCAL_TENANT}[/]. Ctrl-C stops."
+                )
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                await stop.wait()
+    finally:
+        await sims.stop()
+
+
+def run_up(settings: Settings) -> None:
+    configure_logging(settings.log)
+    console = Console()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_up(settings, console))
+    console.print("stopped")

@@ -1,0 +1,337 @@
+"""HTTP interface of the relay (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
+
+Every error is JSON ``{"error": <code>, "detail": <sentence>}`` with a 4xx/5xx status; the
+OAuth token endpoint uses RFC 6749's ``error``/``error_description``. Payloads are never
+echoed back, logged or stored: validation messages name the field, not its value.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ucpush import __version__
+from ucpush.crypto.jwe import JweError, parse_compact
+from ucpush.relay.identity import AccessClaims, AuthError
+from ucpush.relay.providers.base import (
+    Outcome,
+    PayloadTooLarge,
+    Priority,
+    ProviderPush,
+    PushType,
+)
+from ucpush.relay.service import RelayService, ServiceNotConfigured, provider_name
+from ucpush.store.repository import NotFound, VoucherUnusable
+
+Service = Literal["APNS", "APNS:beta", "APNS:dev", "APNS:test", "APNS:load", "FCM", "FCM:dev"]
+
+_OUTCOME_STATUS = {
+    Outcome.DELIVERED: 200,
+    Outcome.UNREGISTERED: 410,
+    Outcome.BAD_DEVICE_TOKEN: 422,
+    Outcome.REJECTED: 422,
+    Outcome.THROTTLED: 429,
+    Outcome.PROVIDER_DOWN: 503,
+}
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[\x21-\x7e]+$",
+        description="APNs device token (hex) or FCM registration token, in clear",
+    )
+    service: Service = Field(description="subscriber service; picks the app and environment")
+    push_type: PushType
+    priority: Priority = Priority.HIGH
+    expiration: int | None = Field(
+        None, ge=0, description="epoch seconds after which the provider drops it; 0 = now or never"
+    )
+    collapse_id: str | None = Field(None, min_length=1, max_length=64)
+    tracking_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="caller-chosen id for tracing one push through the system",
+    )
+    payload: str = Field(description="compact JWE, alg 'dir', enc 'A256GCM'")
+
+    @field_validator("payload")
+    @classmethod
+    def _must_be_jwe(cls, value: str) -> str:
+        try:
+            parse_compact(value)
+        except JweError as exc:
+            raise ValueError(
+                f"payload must be a compact JWE with alg 'dir' and enc 'A256GCM': {exc}"
+            ) from None
+        return value
+
+
+class PushResponse(BaseModel):
+    outcome: Outcome
+    tracking_id: str
+    provider: str
+    provider_status: int | None = None
+    reason: str | None = None
+    provider_id: str | None = None
+    unregistered_at: int | None = Field(None, description="APNs 410 timestamp, ms since epoch")
+    retry_after: float | None = None
+    attempts: int
+
+
+class OnboardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voucher: str = Field(min_length=1, max_length=200)
+    cluster_id: str = Field(min_length=1, max_length=128)
+    cluster_name: str = Field("", max_length=200)
+
+
+class OnboardResponse(BaseModel):
+    account_id: str
+    tenant: str
+    status: str
+    refresh_token: str
+    token_endpoint: str
+    push_endpoint: str
+
+
+class OnboardStatus(BaseModel):
+    account_id: str
+    cluster_id: str
+    tenant: str
+    status: str
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None):
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes before they are buffered (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _error(413, "body_too_large", f"body over {self.limit} bytes")(
+                    scope, receive, send
+                )
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _error(413, "body_too_large", f"body over {self.limit} bytes")(
+                scope, receive, send
+            )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _bearer(request: Request) -> AccessClaims:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("invalid_request", "missing bearer access token")
+    relay: RelayService = request.app.state.relay
+    return await relay.authenticate(token.strip())
+
+
+Claims = Annotated[AccessClaims, Depends(_bearer)]
+
+
+def create_app(relay: RelayService, public_url: str) -> FastAPI:
+    app = FastAPI(
+        title="ucpush relay",
+        version=__version__,
+        summary="Multi-tenant push relay: onboarding, machine-account OAuth, encrypted pushes.",
+    )
+    app.state.relay = relay
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+            problems.append(f"{where}: {err['msg']}")
+        return _error(400, "invalid_request", "; ".join(problems))
+
+    @app.exception_handler(AuthError)
+    async def _unauthorised(_: Request, exc: AuthError) -> JSONResponse:
+        header = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+        return _error(401, exc.error, exc.description, {"WWW-Authenticate": header})
+
+    @app.post("/oauth/token", response_model=TokenResponse, tags=["identity"])
+    async def token(request: Request) -> Any:
+        """OAuth 2.0 token endpoint; grant ``refresh_token`` (form-encoded, RFC 6749 §6)."""
+        headers = {"Cache-Control": "no-store"}
+        try:
+            form = parse_qs((await request.body()).decode(), strict_parsing=False)
+        except UnicodeDecodeError:
+            form = {}
+        grant = form.get("grant_type", [""])[0]
+        if grant != "refresh_token":
+            return JSONResponse(
+                {"error": "unsupported_grant_type", "error_description": "use refresh_token"},
+                400,
+                headers,
+            )
+        refresh = form.get("refresh_token", [""])[0]
+        if not refresh:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "refresh_token is missing"},
+                400,
+                headers,
+            )
+        try:
+            issued = await relay.identity.exchange_refresh_token(refresh)
+        except AuthError as exc:
+            return JSONResponse(
+                {"error": exc.error, "error_description": exc.description}, 400, headers
+            )
+        return JSONResponse(
+            TokenResponse(access_token=issued.token, expires_in=issued.expires_in).model_dump(),
+            headers=headers,
+        )
+
+    @app.get("/.well-known/jwks.json", tags=["identity"])
+    async def jwks() -> dict[str, Any]:
+        return relay.identity.jwks()
+
+    @app.post("/v1/onboard", status_code=201, response_model=OnboardResponse, tags=["onboarding"])
+    async def onboard(body: OnboardRequest) -> Any:
+        """Redeem a voucher: the cluster gets a machine account and its refresh token."""
+        try:
+            done = await relay.onboarding.redeem(body.voucher, body.cluster_id, body.cluster_name)
+        except VoucherUnusable as exc:
+            return _error(400, f"voucher_{exc.reason}", f"voucher is {exc.reason}")
+        tenant = await relay.repo.get_tenant(done.account.tenant_id)
+        return OnboardResponse(
+            account_id=done.account.id,
+            tenant=tenant.name,
+            status=tenant.status.value,
+            refresh_token=done.refresh_token,
+            token_endpoint=f"{public_url}/oauth/token",
+            push_endpoint=f"{public_url}/v1/push",
+        )
+
+    @app.get("/v1/onboard", response_model=OnboardStatus, tags=["onboarding"])
+    async def onboard_status(claims: Claims) -> Any:
+        account = await relay.repo.get_machine_account(claims.account_id)
+        tenant = await relay.repo.get_tenant(account.tenant_id)
+        return OnboardStatus(
+            account_id=account.id,
+            cluster_id=account.cluster_id,
+            tenant=tenant.name,
+            status=tenant.status.value,
+        )
+
+    @app.delete("/v1/onboard", status_code=204, tags=["onboarding"])
+    async def offboard(claims: Claims) -> Response:
+        """Disable push for this cluster; onboard again with a new voucher."""
+        await relay.onboarding.offboard(claims.account_id)
+        relay.forget_account(claims.account_id)
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/push",
+        response_model=PushResponse,
+        tags=["push"],
+        responses={
+            410: {"model": PushResponse, "description": "target unregistered: pause the device"},
+            422: {"model": PushResponse, "description": "bad device token or rejected"},
+            429: {"model": PushResponse, "description": "throttled, see retry_after"},
+            503: {"model": PushResponse, "description": "provider down"},
+        },
+    )
+    async def push(body: PushRequest, claims: Claims) -> Any:
+        """Forward one encrypted push to APNs or FCM and return the provider's outcome."""
+        try:
+            app_config = await relay.app_for(claims.tenant_id, body.service)
+        except ServiceNotConfigured as exc:
+            return _error(404, "service_not_configured", str(exc))
+        request = ProviderPush(
+            app=app_config,
+            target=body.target,
+            push_type=body.push_type,
+            priority=body.priority,
+            payload=body.payload,
+            tracking_id=body.tracking_id,
+            expiration=body.expiration,
+            collapse_id=body.collapse_id,
+        )
+        try:
+            result = await relay.push(body.service, request)
+        except PayloadTooLarge as exc:
+            return _error(413, "payload_too_large", str(exc))
+        answer = PushResponse(
+            outcome=result.outcome,
+            tracking_id=body.tracking_id,
+            provider=provider_name(body.service),
+            provider_status=result.status,
+            reason=result.reason,
+            provider_id=result.provider_id,
+            unregistered_at=result.unregistered_at,
+            retry_after=result.retry_after,
+            attempts=result.attempts,
+        )
+        headers = {}
+        if result.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(result.retry_after)))
+        return JSONResponse(
+            answer.model_dump(exclude_none=True),
+            status_code=_OUTCOME_STATUS[result.outcome],
+            headers=headers,
+        )
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "time": int(time.time())}
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(NotFound)
+    async def _gone(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(401, "invalid_token", f"credential refers to something removed: {exc}")
+
+    app.add_middleware(BodyLimit, limit=relay.settings.max_body_bytes)
+    return app

@@ -683,3 +683,12 @@ def test_more_uri_comparisons() -> None:
     assert not parse_uri("tel:+1-555-0100").equivalent(parse_uri("sip:+1-555-0100@h"))
     with pytest.raises(SipParseError, match="Junk"):
         parse_uri("sip:[::1]x")
+
+
+def test_unquoted_non_ascii_display_name_tolerated() -> None:
+    na = parse_name_addr("J\u00f6rg M\u00fcller <sip:joerg@example.com>;tag=1", "From")
+    assert na.display == "J\u00f6rg M\u00fcller" and na.tag == "1"
+    raw = REGISTER.replace(b"From: <sip:", "From: J\u00f6rg <sip:".encode())
+    assert parse_message(raw).from_.display == "J\u00f6rg"
+    with pytest.raises(SipParseError):
+        parse_name_addr("J\u00f6rg, M <sip:joerg@example.com>", "From")

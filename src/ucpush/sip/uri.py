@@ -24,7 +24,10 @@ _QUOTED_RE = re.compile(QUOTED)
 _PARAM_RE = re.compile(
     rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({QUOTED}|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?[ \t]*"
 )
-_DISPLAY_TOKENS_RE = re.compile(rf"{TOKEN}(?:[ \t]+{TOKEN})*")
+# Unquoted display names may only hold tokens; non-ASCII letters are tolerated too, because
+# phones do send ``From: Jörg <sip:...>`` and answering 400 would lock them out.
+_DISPLAY_WORD = r"[A-Za-z0-9\-.!%*_+`'~\u0080-\U0010ffff]+"
+_DISPLAY_TOKENS_RE = re.compile(rf"{_DISPLAY_WORD}(?:[ \t]+{_DISPLAY_WORD})*")
 # Every character a URI may hold unescaped (RFC 3261 §25.1 reserved + unreserved, and "[]").
 _URI_CHARS_RE = re.compile(r"[A-Za-z0-9\-_.!~*'();/?:@&=+$,%\[\]]+")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")

@@ -692,3 +692,12 @@ def test_unquoted_non_ascii_display_name_tolerated() -> None:
     assert parse_message(raw).from_.display == "J\u00f6rg"
     with pytest.raises(SipParseError):
         parse_name_addr("J\u00f6rg, M <sip:joerg@example.com>", "From")
+
+
+@pytest.mark.parametrize("name", ["lwsstart", "trws", "lwsruri", "ltgtruri", "escruri"])
+def test_garbled_request_line_still_answered(name: str) -> None:
+    with pytest.raises(SipParseError) as info:
+        parse_message(wire(INVALID[name]))
+    response = error_response(info.value, to_tag="t")
+    assert response is not None and response.status == 400
+    assert response.call_id.startswith(name)

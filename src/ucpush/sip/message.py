@@ -182,9 +182,10 @@ _LISTS = _ADDRESS_LISTS | frozenset(
 _REQUIRED = ("From", "To", "Call-ID", "CSeq")
 _AT_MOST_ONCE = (*_REQUIRED, "Max-Forwards", "Content-Length", "Content-Type", "Expires")
 
-_TOKEN_RE = re.compile(TOKEN)
+_HEADER_LINE_RE = re.compile(rf"({TOKEN})[ \t]*:[ \t]*(.*)", re.DOTALL)
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 _REQUEST_LINE_RE = re.compile(rf"({TOKEN}) ([^ \t]+) ([A-Za-z]+/[0-9]+\.[0-9]+)")
+_METHOD_PREFIX_RE = re.compile(rf"({TOKEN}) ")
 _STATUS_LINE_RE = re.compile(r"([A-Za-z]+/[0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.DOTALL)
 _VIA_RE = re.compile(
     rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]+"
@@ -391,7 +392,8 @@ def parse_via(value: str) -> Via:
     if m is None:
         raise SipParseError(f"Malformed Via {value[:60]!r}")
     name, version, transport, host, port_text = m.groups()
-    check_host(host, "Via")
+    if host[0] == "[":  # hostnames are already constrained by the Via pattern
+        check_host(host, "Via")
     port = None if port_text is None else parse_port(port_text, "Via")
     params = parse_params(value, m.end(), what="Via")
     if param_has(params, "branch") and not param_get(params, "branch"):
@@ -735,37 +737,53 @@ class SipResponse(SipMessage):
 
 def find_head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int] | None:
     """(end of the header section, start of the body), or None if not yet complete."""
+    i = data.find(b"\r\n\r\n", start)
+    if i >= 0 and data.find(b"\n\n", start, i + 3) < 0 and data.find(b"\n\r\n", start, i + 3) < 0:
+        return i, i + 4  # the common all-CRLF case, without the slower regex scan
     m = _HEAD_END_RE.search(data, start)
     return None if m is None else (m.start(), m.end())
 
 
+def _name_info(name: str) -> tuple[str, str, bool, bool]:
+    """(key, canonical name, split on commas, empty elements are errors) for a header name
+    as written; memoised for the few spellings real traffic uses."""
+    info = _NAME_INFO.get(name)
+    if info is None:
+        full = _CANONICAL.get(name.lower(), name)
+        key = full.lower()
+        info = (key, full, key in _LISTS, key in _ADDRESS_LISTS)
+        if len(_NAME_INFO) < 2048:  # bounded: unknown names may be attacker-chosen
+            _NAME_INFO[name] = info
+    return info
+
+
+_NAME_INFO: dict[str, tuple[str, str, bool, bool]] = {}
+
+
 def _parse_header_lines(lines: list[str]) -> Headers:
-    headers = Headers()
-    items = headers._items
     fields: list[list[str]] = []
     for line in lines:
         if line[:1] in (" ", "\t"):
             # Folded continuation (LWS): joins the previous field with a single space.
             if not fields:
                 raise SipParseError("Continuation line before the first header")
-            prev = fields[-1][1].rstrip(" \t")
+            prev = fields[-1][1]
             more = line.strip(" \t")
             fields[-1][1] = f"{prev} {more}" if prev and more else prev or more
             continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
+        m = _HEADER_LINE_RE.fullmatch(line)
+        if m is None:
             raise SipParseError(f"Malformed header line {line[:40]!r}")
-        fields.append([name, value.strip(" \t")])
+        fields.append([m.group(1), m.group(2).rstrip(" \t")])
+    headers = Headers()
+    items = headers._items
     for name, value in fields:
-        full = _CANONICAL.get(name.lower(), name)
-        key = full.lower()
-        if key in _LISTS and value:
-            parts = split_list(value)
-            for part in parts:
+        key, full, is_list, is_address = _name_info(name)
+        if is_list and value:
+            for part in split_list(value):
                 if part:
                     items.append((key, full, part))
-                elif key in _ADDRESS_LISTS:
+                elif is_address:
                     raise SipParseError(f"Empty element in {full} header")
         else:
             items.append((key, full, value))
@@ -814,12 +832,22 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
 
     request_match = _REQUEST_LINE_RE.fullmatch(first)
     status_match = None if request_match else _STATUS_LINE_RE.fullmatch(first)
-    if request_match is None and status_match is None:
-        raise SipParseError("Malformed start line")
-    headers = _parse_header_lines(lines[1:])
     method = request_match.group(1) if request_match else None
+    if request_match is None and status_match is None:
+        # A garbled request line (extra spaces, RFC 4475 §3.1.2.9/10) can still get a 400 if
+        # the headers are sound, so only give up here when it is not a request at all.
+        prefix = _METHOD_PREFIX_RE.match(first)
+        if prefix is None or first[:4].upper() == "SIP/":
+            raise SipParseError("Malformed start line")
+        method = prefix.group(1)
+    headers = _parse_header_lines(lines[1:])
     try:
-        version = request_match.group(3) if request_match else status_match.group(1)  # type: ignore[union-attr]
+        if request_match is not None:
+            version = request_match.group(3)
+        elif status_match is not None:
+            version = status_match.group(1)
+        else:
+            raise SipParseError("Malformed request line")
         if version.upper() != SIP_VERSION:
             raise SipParseError(f"Unsupported SIP version {version[:12]}", status=505)
         length = headers.get_all("Content-Length")

@@ -33,7 +33,6 @@ _URI_CHARS_RE = re.compile(r"[A-Za-z0-9\-_.!~*'();/?:@&=+$,%\[\]]+")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9\-_.]*)")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
 
 # §19.1.4: these URI parameters must be present in both URIs (or neither) to compare equal.
 _STRICT_URI_PARAMS = ("user", "ttl", "method", "maddr", "transport")
@@ -130,7 +129,7 @@ def check_host(host: str, what: str) -> None:
 
 
 def parse_port(text: str, what: str) -> int:
-    if not _PORT_RE.fullmatch(text) or int(text) > 65535:
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or int(text) > 65535:
         raise SipParseError(f"Bad port {text[:12]!r} in {what}")
     return int(text)
 

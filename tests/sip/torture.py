@@ -321,6 +321,67 @@ VALID = {
     "CSeq: 56 INVITE\n"
     "Content-Type: application/sdp\n"
     "\n" + SDP,
+    # 3.3.5 Unknown extension in Require (the application answers 420).
+    "bext01": "OPTIONS sip:user@example.com SIP/2.0\n"
+    "To: sip:j_user@example.com\n"
+    "From: sip:caller@example.net;tag=242etr\n"
+    "Max-Forwards: 6\n"
+    "Call-ID: bext01.0ha0isndaksdj\n"
+    "Require: nothingSupportsThis, nothingSupportsThisEither\n"
+    "Proxy-Require: noProxiesSupportThis, norDoAnyProxiesSupportThis\n"
+    "CSeq: 8 OPTIONS\n"
+    "Via: SIP/2.0/TLS fold-and-staple.example.com;branch=z9hG4bKkdjuw\n"
+    "Content-Length: 0\n"
+    "\n",
+    # 3.3.6 Unknown Content-Type (the application answers 415).
+    "invut": "INVITE sip:user@example.com SIP/2.0\n"
+    "Contact: <sip:caller@host5.example.net>\n"
+    "To: sip:j.user@example.com\n"
+    "From: sip:caller@example.net;tag=8392034\n"
+    "Max-Forwards: 70\n"
+    "Call-ID: invut.0ha0isndaksdjadsfij34n23d\n"
+    "CSeq: 235448 INVITE\n"
+    "Via: SIP/2.0/UDP somehost.example.com;branch=z9hG4bKkdjuw\n"
+    "Content-Type: application/unknownformat\n"
+    "Content-Length: {CL}\n"
+    "\n"
+    '<audio>\n <pcmu port="443"/>\n</audio>\n',
+    # 3.3.7 Unknown authorization scheme.
+    "regaut01": "REGISTER sip:example.com SIP/2.0\n"
+    "To: sip:j.user@example.com\n"
+    "From: sip:j.user@example.com;tag=87321hj23128\n"
+    "Max-Forwards: 8\n"
+    "Call-ID: regaut01.0ha0isndaksdj\n"
+    "CSeq: 9338 REGISTER\n"
+    "Via: SIP/2.0/TCP 192.0.2.253;branch=z9hG4bKkdjuw\n"
+    "Authorization: NoOneKnowsThisScheme opaque-data=here\n"
+    "Content-Length:0\n"
+    "\n",
+    # 3.3.10 Response with a Via the receiver did not add (it just gets dropped later).
+    "bcast": "SIP/2.0 200 OK\n"
+    "Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923\n"
+    "Via: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bK1saber23\n"
+    "Call-ID: bcast.0384840201234ksdfak3j2erwedfsASdf\n"
+    "CSeq: 35 INVITE\n"
+    "From: sip:user@example.com;tag=11141343\n"
+    "To: sip:user@example.edu;tag=2229\n"
+    "Content-Length: {CL}\n"
+    "Content-Type: application/sdp\n"
+    "Contact: <sip:user@host28.example.com>\n"
+    "\n" + SDP,
+    # 3.3.15 Accept lists nothing the receiver can produce.
+    "sdp01": "INVITE sip:user@example.com SIP/2.0\n"
+    "To: sip:j_user@example.com\n"
+    "Contact: <sip:caller@host15.example.net>\n"
+    "From: sip:caller@example.net;tag=234\n"
+    "Max-Forwards: 5\n"
+    "Call-ID: sdp01.ndaksdj9342dasdd\n"
+    "Accept: text/nobodyKnowsThis\n"
+    "CSeq: 8 INVITE\n"
+    "Via: SIP/2.0/UDP 60.06.17.31:5060;branch=z9hG4bKkdjuw\n"
+    "Content-Length: {CL}\n"
+    "Content-Type: application/sdp\n"
+    "\n" + SDP,
     # RFC 5118 IPv6 cases.
     "ipv6-good": "REGISTER sip:[2001:db8::10] SIP/2.0\n"
     "To: sip:user@example.com\n"

@@ -847,3 +847,69 @@ async def test_service_on_sql_store_survives_restart(tmp_path: Path) -> None:
             register(outbound(PUSH_CONTACT), cseq=1, expires=600), source=SOURCE, now=later
         )
         assert stale.response.status == 500
+
+
+# CLI (ucpush sip ...)
+
+
+def test_cli_users_and_bindings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ucpush.sip.cli import app
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.delenv("UCPUSH_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UCPUSH_STORE__URL", url)
+    monkeypatch.setenv("COLUMNS", "300")  # rich tables must not wrap
+    runner = CliRunner()
+
+    def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
+        result = runner.invoke(app, list(args), input=stdin)
+        return result.exit_code, result.output
+
+    code, out = run(
+        "user", "add", "alice", "--realm", "example.org", "--password-stdin", stdin="wonderland\n"
+    )
+    assert code == 0, out
+    assert "sip:alice@example.org" in out
+    code, out = run(
+        "user",
+        "add",
+        "bob",
+        "--realm",
+        "example.org",
+        "--password",
+        "pw",
+        "--display-name",
+        "Bob B",
+        "--aor",
+        "sip:Bob@EXAMPLE.org",
+    )
+    assert code == 0, out
+    assert run("user", "add", "alice", "--realm", "example.org", "--password", "x")[0] == 1
+    assert run("user", "add", "carol", "--realm", "example.org")[0] == 1  # no password
+    assert run("user", "add", "carol", "--realm", "r", "--password", "x", "--aor", "tel:1")[0] == 1
+    code, out = run("user", "list")
+    assert code == 0 and "alice" in out and "sip:Bob@example.org" in out and "Bob B" in out
+
+    async def check() -> None:
+        async with await open_store(url) as store:
+            user = await store.sip.get_user("alice", "example.org")
+            assert user.ha1_sha256 == compute_ha1("alice", "example.org", "wonderland", SHA256)
+            assert "wonderland" not in repr(user)
+            service = RegistrarService(Registrar(RegistrarConfig()), store.sip)
+            now = datetime.now(UTC)  # the command shows time left from the real clock
+            await service.register(register(f"<{PUSH_CONTACT}>"), source=SOURCE, now=now)
+
+    asyncio.run(check())
+    code, out = run("bindings", "list", "--aor", AOR)
+    assert code == 0 and "alice" in out and "apns" in out
+    assert re.search(r"\b3[56]\d\d s\b", out)
+    code, out = run("bindings", "list", "--aor", "sip:bob@example.org")
+    assert code == 0 and "apns" not in out
+    assert run("bindings", "list", "--aor", "tel:+1")[0] == 1
+    assert run("user", "delete", "alice", "--realm", "example.org")[0] == 0
+    assert run("user", "delete", "alice", "--realm", "example.org")[0] == 1
+    code, out = run("bindings", "list")
+    assert code == 0 and "apns" not in out

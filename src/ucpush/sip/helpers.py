@@ -104,6 +104,8 @@ def _response_headers(
         elif name == "Record-Route" and method != "REGISTER" and 100 < status < 300:
             # §12.1.1: dialog-creating responses echo Record-Route.
             out.add(name, value)
+        elif name == "Timestamp" and status == 100:
+            out.add(name, value)  # §8.2.6.1: lets the client measure round-trip time
     return out
 
 

@@ -7,6 +7,8 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -167,6 +169,42 @@ async def test_tls_requires_alpn_h2(server_ssl: ssl.SSLContext, client_ssl: ssl.
                 await client.get(server.url + "/")
     finally:
         await server.stop()
+
+
+async def test_tls_without_alpn_speaks_h2_directly(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    server = H2Server(echo, ssl_context=server_ssl)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ssl)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() is None
+        client = h2.connection.H2Connection()
+        client.initiate_connection()
+        client.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "https"), (":authority", "x"), (":path", "/a")],
+            end_stream=True,
+        )
+        writer.write(client.data_to_send())
+        status = None
+        while status is None:
+            data = await asyncio.wait_for(reader.read(65535), 5)
+            assert data
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+        assert status == b"200"
+        writer.close()
+    finally:
+        await server.stop()
+
+
+def test_request_header_helpers() -> None:
+    request = Request("GET", "/", [("a", "1"), ("b", "2"), ("a", "3")], b"")
+    assert request.header("a") == "1"
+    assert request.header("c") is None
+    assert request.header_dict == {"a": "1", "b": "2"}
 
 
 async def test_ipv6_url() -> None:

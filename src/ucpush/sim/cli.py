@@ -51,8 +51,13 @@ class RunningSimulators:
         await asyncio.gather(self.apns.stop(), self.apns_sandbox.stop(), self.fcm.stop())
 
 
-async def run_simulators(settings: SimSettings) -> RunningSimulators:
-    """Start the three simulators on the configured ports; APNs ones share their devices."""
+async def run_simulators(settings: Settings | SimSettings) -> RunningSimulators:
+    """Start the three simulators on the configured ports; APNs ones share their devices.
+
+    For ``ucpush up`` and tests running everything in one process; ``await sims.stop()``.
+    """
+    if isinstance(settings, Settings):
+        settings = settings.sim
     ssl_context, ca_pem = None, None
     if settings.tls:
         ssl_context, ca_pem = make_server_tls([settings.host, "localhost"])

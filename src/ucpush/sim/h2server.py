@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,31 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack
 
 MAX_CONCURRENT_STREAMS = 1000
 DEFAULT_MAX_BODY = 64 * 1024
 # Larger receive windows let clients push many concurrent bodies without waiting for us.
 _STREAM_WINDOW = 1 << 20
 _CONNECTION_WINDOW = 1 << 24
+
+
+_decode_huffman = hpack.hpack.decode_huffman
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_huffman_cached(data: bytes) -> bytes:
+    return _decode_huffman(data)
+
+
+def _decode_huffman_fast(data: bytes | bytearray | memoryview | None) -> bytes:
+    return _decode_huffman_cached(bytes(data or b""))
+
+
+# HTTP/2 clients send ``authorization`` never-indexed, so every request carries the same JWT
+# Huffman-coded, and hpack's pure-Python decoder was the largest cost per request. Decoding is
+# a pure function of the bytes, so a bounded cache changes nothing but speed.
+hpack.hpack.decode_huffman = _decode_huffman_fast
 
 
 class Action(Enum):
@@ -107,7 +127,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: H2Server) -> None:
         self.server = server
         self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                # Responses are built here from lower-case literals: checking them per
+                # request costs more than the rest of the response path.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
@@ -125,7 +152,9 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+        # No ALPN at all is tolerated (some APNs clients, e.g. aioapns, speak h2 directly);
+        # anything else negotiated is not HTTP/2.
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() not in (None, "h2"):
             transport.abort()
             return
         self.server._connections.add(self)
@@ -369,7 +398,11 @@ class _Connection(asyncio.Protocol):
 
 
 class H2Server:
-    """Serve ``handler`` over HTTP/2 on ``host:port`` (port 0 picks a free port)."""
+    """Serve ``handler`` over HTTP/2 on ``host:port`` (port 0 picks a free port).
+
+    ``ssl_context`` gets ALPN ``h2`` set on it. Request bodies above ``max_body`` are not
+    buffered; ``oversize`` builds their answer (default: bare 413).
+    """
 
     def __init__(
         self,

@@ -62,6 +62,7 @@ class StreamFramer:
         self._buffer = bytearray()
         self._broken = False
         self._half_ping = False  # last read ended with a lone CRLF
+        self._scanned = 0  # bytes of the pending message already searched for its head end
 
     @property
     def buffered(self) -> int:
@@ -102,10 +103,12 @@ class StreamFramer:
 
     def _next_message(self) -> FramerEvent | None:
         buf = self._buffer
-        ends = find_head_end(buf)
+        # Resume the search where the last read left off, so byte-by-byte input stays linear.
+        ends = find_head_end(buf, max(0, self._scanned - 3))
         if ends is None:
             if len(buf) > self.max_message_size:
                 return StreamError(SipParseError("Message too large", status=513))
+            self._scanned = len(buf)
             return None
         head_end, body_start = ends
         found = [v.strip() for v in _CONTENT_LENGTH_RE.findall(buf, 0, head_end)]
@@ -119,6 +122,7 @@ class StreamFramer:
             return None
         raw = bytes(buf[:total])
         del buf[:total]
+        self._scanned = 0
         try:
             return MessageReceived(parse_message(raw, stream=True))
         except SipParseError as exc:

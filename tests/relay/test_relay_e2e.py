@@ -242,3 +242,8 @@ async def test_jwks_health_and_metrics(stack: Stack):
         assert keys and keys[0]["alg"] == "ES256" and keys[0]["crv"] == "P-256"
         assert (await http.get("/healthz")).json()["status"] == "ok"
         assert "ucpush_relay_pushes" in (await http.get("/metrics")).text
+        spec = (await http.get("/openapi.json")).json()
+        push_body = spec["paths"]["/v1/push"]["post"]["requestBody"]["content"]
+        schema = push_body["application/json"]["schema"]
+        assert {"target", "service", "push_type", "payload"} <= set(schema["required"])
+        assert "voip" in schema["properties"]["push_type"]["enum"]

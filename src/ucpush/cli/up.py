@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ucpush import aio
 from ucpush.config import Settings
 from ucpush.logging import configure_logging
 from ucpush.relay.server import run_relay
@@ -113,5 +114,5 @@ def run_up(settings: Settings) -> None:
     configure_logging(settings.log)
     console = Console()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_up(settings, console))
+        aio.run(_up(settings, console))
     console.print("stopped")

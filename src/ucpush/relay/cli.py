@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ucpush import aio
 from ucpush.cli.common import fail, settings_from
 from ucpush.config import Settings
 from ucpush.logging import configure_logging
@@ -83,7 +84,7 @@ def serve(ctx: typer.Context) -> None:
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        aio.run(run())
 
 
 @voucher_app.command("create")

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ucpush.sip.digest import MD5, SHA256, DigestAuth, compute_ha1, compute_response
 from ucpush.sip.message import SipRequest, SipResponse, parse_message
@@ -300,8 +302,14 @@ def outbound(contact: str, reg_id: int | None = 1, instance: str = INSTANCE) -> 
     return out if reg_id is None else f"{out};reg-id={reg_id}"
 
 
+SUPPORTED_OUTBOUND = (("Supported", "path, outbound"),)
+EDGE_VIA = ("Via", "SIP/2.0/TCP edge.example.org;branch=z9hG4bKedge")
+
+
 def test_instance_and_reg_id_replace_the_binding(node: Node) -> None:
-    outcome = node.send(register(outbound("sip:alice@192.0.2.10:5060"), expires=300))
+    outcome = node.send(
+        register(outbound("sip:alice@192.0.2.10:5060"), expires=300, extra=SUPPORTED_OUTBOUND)
+    )
     first = node.only()
     assert (first.instance_id, first.reg_id) == (INSTANCE, 1)
     assert outcome.response.headers.get("Require") == "outbound"
@@ -316,8 +324,39 @@ def test_instance_and_reg_id_replace_the_binding(node: Node) -> None:
 
 
 def test_other_reg_id_is_another_flow(node: Node) -> None:
-    node.send(register(outbound("sip:alice@192.0.2.10", 1), outbound("sip:alice@[2001:db8::1]", 2)))
+    # RFC 5626 §9.2: one REGISTER (and Call-ID) per flow.
+    node.send(register(outbound("sip:alice@192.0.2.10", 1), call_id="flow-1"))
+    node.send(register(outbound("sip:alice@[2001:db8::1]", 2), call_id="flow-2"))
     assert sorted(b.reg_id for b in node.bindings.values()) == [1, 2]  # type: ignore[type-var]
+
+
+def test_reg_id_with_several_contacts_is_400(node: Node) -> None:
+    request = register(outbound("sip:alice@192.0.2.10", 1), "<sip:alice@192.0.2.11>")
+    outcome = node.send(request)
+    assert outcome.response.status == 400 and "reg-id" in outcome.reason
+    # Removing other contacts in the same request is fine.
+    request = register(outbound("sip:alice@192.0.2.10", 1), "<sip:alice@192.0.2.11>;expires=0")
+    assert node.send(request).response.status == 200
+
+
+def test_outbound_behind_a_proxy_without_ob(node: Node) -> None:
+    # Not our first hop and no Path with "ob": reg-id is ignored ...
+    request = register(outbound("sip:alice@192.0.2.10"), extra=(EDGE_VIA,))
+    outcome = node.send(request)
+    assert outcome.response.status == 200 and node.only().reg_id is None
+    assert outcome.response.headers.get("Require") is None
+    # ... or refused with 439 when the UA requires outbound.
+    request = register(outbound("sip:alice@192.0.2.10"), extra=(EDGE_VIA, *SUPPORTED_OUTBOUND))
+    assert node.send(request).response.status == 439
+    # An edge proxy that supports outbound marks its Path entry with "ob".
+    path = ("Path", "<sip:token@edge.example.org;lr;ob>")
+    request = register(
+        outbound("sip:alice@192.0.2.10"), cseq=2, extra=(EDGE_VIA, path, *SUPPORTED_OUTBOUND)
+    )
+    outcome = node.send(request)
+    assert outcome.response.status == 200
+    assert outcome.response.headers.get("Require") == "outbound"
+    assert outcome.response.headers.get_all("Path") == ["<sip:token@edge.example.org;lr;ob>"]
 
 
 def test_instance_without_reg_id_replaces_by_instance(node: Node) -> None:
@@ -593,7 +632,7 @@ def authorization(
 
 def test_challenge_then_register(secure: Node) -> None:
     first = secure.send(register("<sip:a@192.0.2.1>", expires=300))
-    assert first.response.status == 401 and first.reason == "no credentials"
+    assert first.response.status == 401 and first.reason == "no credentials for our realm"
     challenges = first.response.headers.get_all("WWW-Authenticate")
     assert [re.search(r"algorithm=([\w-]+)", c).group(1) for c in challenges] == [  # type: ignore[union-attr]
         "SHA-256",
@@ -674,6 +713,41 @@ def test_credentials_for_another_realm_are_ignored(secure: Node) -> None:
     assert secure.send(register(cseq=2, extra=(theirs,)), user=None).response.status == 401
 
 
+_AUTH_PIECES = st.sampled_from(
+    [
+        "Digest ",
+        'username="alice"',
+        'realm="example.org"',
+        'nonce="',
+        'uri="sip:example.org"',
+        'response="00"',
+        "qop=auth",
+        "nc=00000001",
+        'cnonce="c"',
+        "algorithm=SHA-256",
+        ",",
+        '"',
+        "=",
+        " ",
+        "\\",
+        "x",
+        "é",
+    ]
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(_AUTH_PIECES, max_size=30).map("".join) | st.text(max_size=120))
+def test_fuzz_authorization_gets_400_or_401(value: str) -> None:
+    secure = Node(RegistrarConfig(realm="example.org"), DigestAuth(SECRET, "example.org"))
+    request = register("<sip:a@192.0.2.1>")
+    request.headers.add("Authorization", value)
+    assert secure.registrar.auth_user_key(request) in (None, ("alice", "example.org"))
+    outcome = secure.send(request, user=alice())
+    assert outcome.response.status in (400, 401)
+    assert secure.bindings == {}
+
+
 # Refresh pushes (RFC 8599 §5.5)
 
 
@@ -681,7 +755,7 @@ def push_binding(expires: int = 600, *, pnsreg: bool = False, **changes: object)
     node = Node()
     tag = ";+sip.pnsreg" if pnsreg else ""
     node.send(register(f"<{PUSH_CONTACT}>{tag}", expires=expires))
-    return replace(node.only(), **changes)  # type: ignore[arg-type]
+    return replace(node.only(), **changes)
 
 
 def test_refresh_due_120_seconds_before_expiry() -> None:
@@ -778,7 +852,7 @@ async def test_service_with_auth() -> None:
     repo = FakeSipRepository()
     await repo.add_user(alice())
     auth = DigestAuth(SECRET, "example.org")
-    service = RegistrarService(Registrar(RegistrarConfig(realm="example.org"), auth), repo)  # type: ignore[arg-type]
+    service = RegistrarService(Registrar(RegistrarConfig(realm="example.org"), auth), repo)
     first = await service.register(register(f"<{PUSH_CONTACT}>"), source=SOURCE, now=NOW)
     assert first.response.status == 401 and repo.saves == 0
     challenge = first.response.headers.get_all("WWW-Authenticate")[0]
@@ -790,7 +864,7 @@ async def test_service_with_auth() -> None:
 
 async def test_service_serialises_one_aor() -> None:
     repo = FakeSipRepository()
-    service = RegistrarService(Registrar(RegistrarConfig()), repo)  # type: ignore[arg-type]
+    service = RegistrarService(Registrar(RegistrarConfig()), repo)
     requests = [
         register(f"<sip:alice@192.0.2.{n}>", call_id=f"c{n}", expires=300) for n in range(10)
     ]
@@ -805,14 +879,14 @@ async def test_service_serialises_one_aor() -> None:
 
 async def test_service_bad_to_never_reaches_storage() -> None:
     repo = FakeSipRepository()
-    service = RegistrarService(Registrar(RegistrarConfig()), repo)  # type: ignore[arg-type]
+    service = RegistrarService(Registrar(RegistrarConfig()), repo)
     outcome = await service.register(register(to="tel:+15551234"), source=SOURCE, now=NOW)
     assert outcome.response.status == 404 and repo.saves == 0
 
 
 async def test_service_sweep() -> None:
     repo = FakeSipRepository()
-    service = RegistrarService(Registrar(RegistrarConfig()), repo)  # type: ignore[arg-type]
+    service = RegistrarService(Registrar(RegistrarConfig()), repo)
     await service.register(register("<sip:a@192.0.2.1>", expires=60), source=SOURCE, now=NOW)
     assert await service.sweep(NOW + timedelta(seconds=59)) == []
     (removed,) = await service.sweep(NOW + timedelta(seconds=60))

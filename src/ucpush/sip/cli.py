@@ -14,9 +14,8 @@ from rich.table import Table
 
 from ucpush.cli.common import fail, settings_from
 from ucpush.sip.digest import MD5, SHA256, compute_ha1
-from ucpush.sip.errors import SipParseError
 from ucpush.sip.registrar import canonical_aor
-from ucpush.sip.uri import SipURI, parse_uri
+from ucpush.sip.uri import parse_uri
 from ucpush.store import Store, open_store
 from ucpush.store.repository import Conflict, NotFound, SipUser
 
@@ -59,12 +58,9 @@ def _password(password: str | None, password_stdin: bool) -> str:
 def _aor(text: str) -> str:
     """``text`` as the registrar's canonical AOR (so lookups match what REGISTER stores)."""
     try:
-        uri = parse_uri(text)
-    except SipParseError as exc:
-        fail(f"bad AOR {text!r}: {exc.reason}")
-    if not isinstance(uri, SipURI) or uri.user is None:
-        fail(f"the AOR must be a sip: URI with a user part, not {text!r}")
-    return canonical_aor(uri)
+        return canonical_aor(parse_uri(text))
+    except ValueError as exc:  # SipParseError too
+        fail(f"bad AOR {text!r}: {exc}")
 
 
 @user_app.command("add")

@@ -26,13 +26,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from typing import Protocol
+from urllib.parse import unquote as unescape
 
-from ucpush.sip.digest import MD5, SHA256, DigestAuth, DigestParseError, parse_credentials
+from ucpush.sip.digest import (
+    MD5,
+    SHA256,
+    DigestAuth,
+    DigestCredentials,
+    DigestParseError,
+    parse_credentials,
+)
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.helpers import make_response, new_tag
 from ucpush.sip.message import Contact, SipRequest, SipResponse
-from ucpush.sip.uri import URI, SipURI, parse_uri, quote, unquote
-from ucpush.store.repository import Binding, NotFound, SipRepository, SipUser
+from ucpush.sip.uri import URI, SipURI, parse_name_addr, parse_uri, quote
+from ucpush.store.repository import Binding, NotFound, SipUser
 
 # RFC 8599 §5.5: the refresh push is RECOMMENDED at least 120 s before the binding expires.
 PUSH_REFRESH_LEAD = 120
@@ -142,10 +151,9 @@ def canonical_aor(uri: URI) -> str:
     """RFC 3261 §10.3 step 5: URI parameters dropped, user unescaped, host lower-cased.
     sips: and sip: name the same AOR."""
     if not isinstance(uri, SipURI) or uri.user is None:
-        raise _Reject(404, "AOR must be a SIP URI with a user part")
+        raise ValueError("an AOR must be a SIP URI with a user part")
     port = "" if uri.port is None else f":{uri.port}"
-    user = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), uri.user)
-    return f"sip:{user}@{uri.host.lower()}{port}"
+    return f"sip:{unescape(uri.user)}@{uri.host.lower()}{port}"
 
 
 def push_params_match(uri: URI, binding: Binding) -> bool:
@@ -161,6 +169,19 @@ def push_params_match(uri: URI, binding: Binding) -> bool:
         return False
     mine, theirs = uri.pn_params, stored.pn_params
     return all(mine.get(name) == theirs.get(name) for name in _PN_CORE)
+
+
+def _supports(request: SipRequest, option: str) -> bool:
+    return any(v.strip().lower() == option for v in request.headers.get_all("Supported"))
+
+
+def _outbound_path(request: SipRequest) -> bool:
+    """RFC 5626 §6: outbound applies when the UA is our first hop, or the first Path entry
+    (its edge proxy) carries ``ob``."""
+    if len(request.headers.get_all("Via")) == 1:
+        return True
+    paths = request.headers.get_all("Path")
+    return bool(paths) and parse_name_addr(paths[0], "Path").uri.param("ob") is not None
 
 
 def _contact_value(binding: Binding, now: datetime) -> str:
@@ -203,40 +224,44 @@ class Registrar:
 
     # authentication
 
-    def _credentials_header(self, request: SipRequest) -> str | None:
-        """Our realm's Authorization value (RFC 3261 §22.4: one per realm may be present)."""
-        values = request.headers.get_all("Authorization")
-        for value in values:
-            m = re.search(r'realm[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"', value)
-            if m is not None and unquote(f'"{m.group(1)}"') == self.config.realm:
-                return value
-        return values[0] if values else None
+    def _credentials(self, request: SipRequest) -> DigestCredentials | None:
+        """Our realm's credentials (RFC 3261 §22.4: a request may carry one set per realm);
+        None when there are none. Raises DigestParseError when nothing usable is there but
+        something malformed is."""
+        error: DigestParseError | None = None
+        for value in request.headers.get_all("Authorization"):
+            try:
+                creds = parse_credentials(value)
+            except DigestParseError as exc:
+                error = error or exc
+                continue
+            if creds.realm == self.config.realm:
+                return creds
+        if error is not None:
+            raise error
+        return None
 
     def auth_user_key(self, request: SipRequest) -> tuple[str, str] | None:
         """(username, realm) to look the authenticating user up by; None when there are no
-        usable credentials (the request gets a challenge or a 400)."""
+        usable credentials (the request then gets a challenge or a 400)."""
         if self.auth is None:
             return None
-        value = self._credentials_header(request)
-        if value is None:
-            return None
         try:
-            creds = parse_credentials(value)
+            creds = self._credentials(request)
         except DigestParseError:
             return None
-        return creds.username, creds.realm
+        return None if creds is None else (creds.username, creds.realm)
 
     def _authenticate(
         self, request: SipRequest, aor: str, user: SipUser | None, now: datetime
     ) -> None:
         assert self.auth is not None
-        value = self._credentials_header(request)
-        if value is None:
-            raise self._challenge(now, "no credentials")
         try:
-            creds = parse_credentials(value)
+            creds = self._credentials(request)
         except DigestParseError as exc:
             raise _Reject(400, f"Malformed Authorization: {exc.reason}") from None
+        if creds is None:
+            raise self._challenge(now, "no credentials for our realm")
         if user is None or (user.username, user.realm) != (creds.username, creds.realm):
             # Same answer as a wrong password: do not reveal which accounts exist.
             raise self._challenge(now, f"unknown user {creds.username!r}")
@@ -308,7 +333,10 @@ class Registrar:
         if unsupported:
             raise _Reject(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
         to_uri = request.to.uri
-        aor = canonical_aor(to_uri)
+        try:
+            aor = canonical_aor(to_uri)
+        except ValueError as exc:
+            raise _Reject(404, str(exc)) from None
         if domains and isinstance(to_uri, SipURI) and to_uri.host.lower() not in domains:
             raise _Reject(404, f"AOR {aor} not in a domain served here")
         return aor
@@ -334,14 +362,20 @@ class Registrar:
         out: list[_Requested] = []
         confirm: list[str] = []
         providers = self.config.push_providers
+        outbound_path = _outbound_path(request)
         for contact in request.contacts:
             expires = self._expires(contact, header_expires)
             q = contact.param("q")
             if q is not None and (contact.q is None or not 0 <= contact.q <= 1):
                 raise _Reject(400, "Malformed Contact q-value")
             instance = contact.instance or ""
-            # RFC 5626 §6.1: reg-id means nothing without +sip.instance.
+            # RFC 5626 §6: reg-id means nothing without +sip.instance, nor when no outbound
+            # edge proxy vouches for the flow (439 if the UA insists on outbound).
             reg_id = contact.reg_id if instance else None
+            if reg_id is not None and not outbound_path:
+                if _supports(request, "outbound"):
+                    raise _Reject(439, "first hop lacks outbound support")
+                reg_id = None
             uri = contact.uri
             pn = uri.pn_params if isinstance(uri, SipURI) else {}
             pnsreg = contact.param("+sip.pnsreg") is not None
@@ -373,6 +407,10 @@ class Registrar:
             if 0 < expires < floor:
                 raise _Reject(423, "expires too short", [("Min-Expires", str(floor))])
             out.append(_Requested(contact, expires, instance, reg_id, pn, push, pnsreg))
+        live = [r for r in out if r.expires > 0]
+        if len(live) > 1 and any(r.reg_id is not None for r in live):
+            # RFC 5626 §6: a reg-id registration is one flow of one instance.
+            raise _Reject(400, "reg-id with more than one Contact to register")
         return out, confirm
 
     def _find(self, current: list[Binding], req: _Requested) -> Binding | None:
@@ -461,7 +499,7 @@ class Registrar:
             for b in sorted(current, key=lambda b: b.updated_at, reverse=True)
         ]
         headers += [("Path", p) for p in path]
-        if any(r.reg_id is not None for r in requested):
+        if _supports(request, "outbound") and any(r.reg_id is not None for r in requested):
             headers.append(("Require", "outbound"))
         headers += self._feature_caps(confirm, requested, list(upsert.values()))
         headers.append(("Date", format_datetime(now, usegmt=True)))
@@ -596,11 +634,20 @@ class RefreshScheduler:
 # Storage glue
 
 
-class RegistrarService:
-    """Runs ``Registrar`` against a ``SipRepository``. REGISTERs for one AOR are serialised
-    in this process so their read-modify-write of the bindings cannot interleave."""
+class RegistrarStorage(Protocol):
+    """The part of ``SipRepository`` the service uses."""
 
-    def __init__(self, registrar: Registrar, repository: SipRepository) -> None:
+    async def get_user(self, username: str, realm: str) -> SipUser: ...
+    async def list_bindings(self, aor: str | None = None) -> list[Binding]: ...
+    async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None: ...
+    async def remove_expired(self, now: datetime) -> list[Binding]: ...
+
+
+class RegistrarService:
+    """Runs ``Registrar`` against storage (a ``SipRepository``). REGISTERs for one AOR are
+    serialised in this process so their read-modify-write of the bindings cannot interleave."""
+
+    def __init__(self, registrar: Registrar, repository: RegistrarStorage) -> None:
         self.registrar = registrar
         self.repository = repository
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -617,7 +664,7 @@ class RegistrarService:
                 user = None
         try:
             aor = canonical_aor(request.to.uri)
-        except (_Reject, SipParseError):
+        except ValueError:  # SipParseError included: handle() gives the answer
             return self.registrar.handle(request, now=now, source=source, bindings=[], user=user)
         lock = self._locks.setdefault(aor, asyncio.Lock())
         async with lock:

@@ -209,6 +209,14 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+def _key(name: str) -> str:
+    """Lookup key of a header name (the accessors' own spellings are precomputed)."""
+    return _KEYS.get(name) or canonical_name(name).lower()
+
+
+_KEYS = {name: name.lower() for name in _KNOWN}
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value on commas outside quoted strings and <...>."""
     if "," not in value:
@@ -265,14 +273,14 @@ class Headers:
         self._items.insert(index, (key, name, value))
 
     def get(self, name: str) -> str | None:
-        key = canonical_name(name).lower()
+        key = _key(name)
         for k, _, value in self._items:
             if k == key:
                 return value
         return None
 
     def get_all(self, name: str) -> list[str]:
-        key = canonical_name(name).lower()
+        key = _key(name)
         return [value for k, _, value in self._items if k == key]
 
     def set(self, name: str, value: str) -> None:
@@ -295,7 +303,7 @@ class Headers:
 
     def remove(self, name: str) -> int:
         self._version += 1
-        key = canonical_name(name).lower()
+        key = _key(name)
         before = len(self._items)
         self._items = [item for item in self._items if item[0] != key]
         return before - len(self._items)
@@ -303,7 +311,7 @@ class Headers:
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of that name (stripping top Via or Route)."""
         self._version += 1
-        key = canonical_name(name).lower()
+        key = _key(name)
         for i, item in enumerate(self._items):
             if item[0] == key:
                 del self._items[i]
@@ -311,7 +319,7 @@ class Headers:
         return None
 
     def count(self, name: str) -> int:
-        key = canonical_name(name).lower()
+        key = _key(name)
         return sum(1 for item in self._items if item[0] == key)
 
     def copy(self) -> Headers:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
 
 import h2.connection
 import h2.events
+import h2.settings
 import httpx
 import pytest
 
@@ -219,3 +221,100 @@ async def test_ipv6_url() -> None:
         assert server.url == f"http://[::1]:{server.port}"
     finally:
         await server.stop()
+
+
+class RawClient:
+    """A bare h2 client, for what httpx cannot do: >100 streams, tiny windows, odd framing."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection()
+        self.bodies: dict[int, bytearray] = {}
+        self.status: dict[int, bytes] = {}
+        self.done: set[int] = set()
+        self.settings_received = False
+
+    @classmethod
+    async def connect(cls, port: int, window: int | None = None) -> RawClient:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        client.conn.initiate_connection()
+        if window is not None:
+            client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        client.flush()
+        while not client.settings_received:
+            await client.read()
+        return client
+
+    def flush(self) -> None:
+        self.writer.write(self.conn.data_to_send())
+
+    async def read(self, ack: bool = True) -> None:
+        data = await asyncio.wait_for(self.reader.read(65535), 10)
+        assert data, "server closed the connection"
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
+            elif isinstance(event, h2.events.ResponseReceived):
+                self.status[event.stream_id] = dict(event.headers)[b":status"]
+            elif isinstance(event, h2.events.DataReceived):
+                self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if ack:
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+            elif isinstance(event, h2.events.StreamEnded):
+                self.done.add(event.stream_id)
+        self.flush()
+
+    def request(self, path: str, body: bytes = b"", chunk: int | None = None) -> int:
+        stream_id = self.conn.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", path)]
+        self.conn.send_headers(stream_id, headers, end_stream=not body)
+        step = chunk or max(len(body), 1)
+        for offset in range(0, len(body), step):
+            piece = body[offset : offset + step]
+            self.conn.send_data(stream_id, piece, end_stream=offset + step >= len(body))
+        self.flush()
+        return stream_id
+
+
+async def test_hundreds_of_concurrent_streams_on_one_connection(server: H2Server) -> None:
+    client = await RawClient.connect(server.port)
+    assert client.conn.remote_settings.max_concurrent_streams == 1000
+    ids = [client.request("/slow", b"%d" % i) for i in range(300)]
+    # All 300 requests are in flight together: each handler sleeps 0.3 s.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not client.done.issuperset(ids):
+        await client.read()
+    assert loop.time() - start < 2
+    assert [bytes(client.bodies[i]) for i in ids] == [b"%d" % i for i in range(300)]
+    assert server.connection_count == 1
+    client.writer.close()
+
+
+async def test_body_in_many_small_data_frames(server: H2Server) -> None:
+    client = await RawClient.connect(server.port)
+    body = bytes(range(256)) * 8
+    stream_id = client.request("/", body, chunk=7)
+    while stream_id not in client.done:
+        await client.read()
+    assert bytes(client.bodies[stream_id]) == body
+    client.writer.close()
+
+
+async def test_respects_small_client_window(server: H2Server) -> None:
+    client = await RawClient.connect(server.port, window=1000)
+    stream_id = client.request("/big/5000")
+    # Without acknowledgements the server may send only the 1000-byte window.
+    for _ in range(3):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.read(ack=False), 0.2)
+    assert len(client.bodies[stream_id]) == 1000
+    assert stream_id not in client.done
+    client.conn.acknowledge_received_data(1000, stream_id)
+    client.flush()
+    while stream_id not in client.done:
+        await client.read()
+    assert bytes(client.bodies[stream_id]) == b"z" * 5000
+    client.writer.close()

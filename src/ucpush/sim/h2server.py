@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -346,6 +348,11 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         if self.transport is not None and not self.closed:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: the kernel answers with a TCP RST instead of an orderly FIN.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
 
     def _goaway(self, last_stream_id: int) -> None:

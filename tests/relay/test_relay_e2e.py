@@ -12,6 +12,7 @@ from ucpush.crypto import jwe
 from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
 from ucpush.relay.identity import Identity
 from ucpush.relay.providers.base import Outcome, PushType
+from ucpush.sim.common import Fault
 from ucpush.store.repository import TenantStatus
 
 from .conftest import BUNDLE, DEVICE_KEY, FCM_PROJECT, Stack
@@ -247,3 +248,64 @@ async def test_jwks_health_and_metrics(stack: Stack):
         schema = push_body["application/json"]["schema"]
         assert {"target", "service", "push_type", "payload"} <= set(schema["required"])
         assert "voip" in schema["properties"]["push_type"]["enum"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="status", status=503, reason="ServiceUnavailable"),
+        Fault(kind="status", status=500, reason="InternalServerError"),
+        Fault(kind="status", status=429, reason="TooManyRequests", retry_after=0),
+        Fault(kind="reset"),
+        Fault(kind="goaway"),
+    ],
+    ids=lambda f: f"{f.kind}-{f.status}" if f.kind == "status" else f.kind,
+)
+async def test_transient_provider_faults_are_retried_and_delivered_once(stack: Stack, fault):
+    stack.apns.register_device(APNS_TOKEN, BUNDLE)
+    stack.apns.inject(fault)
+    async with await stack.enrolled_client() as client:
+        result = await client.push(
+            target=APNS_TOKEN, service="APNS", push_type=PushType.VOIP, payload=b"x", key=DEVICE_KEY
+        )
+    assert result.outcome is Outcome.DELIVERED, result
+    assert result.attempts == 2
+    assert len(stack.apns.delivered) == 1
+
+
+async def test_provider_down_after_retries_is_503_with_outcome(stack: Stack):
+    stack.fcm.register_device(FCM_TOKEN, FCM_PROJECT)
+    stack.fcm.inject(Fault(kind="status", status=503, fcm_error="UNAVAILABLE", count=10))
+    async with await stack.enrolled_client() as client:
+        result = await client.push(
+            target=FCM_TOKEN, service="FCM", push_type=PushType.VOIP, payload=b"x", key=DEVICE_KEY
+        )
+    assert result.outcome is Outcome.PROVIDER_DOWN
+    assert result.http_status == 503
+    assert result.attempts == 3
+    assert stack.fcm.delivered == []
+
+
+async def test_fcm_quota_exceeded_is_throttled_for_at_least_a_minute(stack: Stack):
+    stack.fcm.register_device(FCM_TOKEN, FCM_PROJECT)
+    stack.fcm.inject(Fault(kind="status", status=429, fcm_error="QUOTA_EXCEEDED", retry_after=5))
+    async with await stack.enrolled_client() as client:
+        first = await client.push(
+            target=FCM_TOKEN,
+            service="FCM",
+            push_type=PushType.MESSAGE,
+            payload=b"x",
+            key=DEVICE_KEY,
+        )
+        second = await client.push(
+            target=FCM_TOKEN,
+            service="FCM",
+            push_type=PushType.MESSAGE,
+            payload=b"x",
+            key=DEVICE_KEY,
+        )
+    assert first.outcome is Outcome.THROTTLED and first.http_status == 429
+    assert first.retry_after is not None and first.retry_after >= 60
+    # The relay holds the project back without calling FCM again.
+    assert second.outcome is Outcome.THROTTLED and second.attempts == 0
+    assert stack.fcm.delivered == []

@@ -4,7 +4,15 @@ import pytest
 
 from tests.sip.torture import DBLREQ, INVALID, VALID, wire
 from ucpush.sip.errors import SipParseError
-from ucpush.sip.helpers import error_response, make_response, new_branch, new_call_id, new_tag
+from ucpush.sip.helpers import (
+    error_response,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    response_address,
+    stamp_received,
+)
 from ucpush.sip.message import (
     Headers,
     SipRequest,
@@ -706,3 +714,31 @@ def test_garbled_request_line_still_answered(name: str) -> None:
     response = error_response(info.value, to_tag="t")
     assert response is not None and response.status == 400
     assert response.call_id.startswith(name)
+
+
+def test_stamp_received_and_response_address() -> None:
+    msg = parse_message(REGISTER)  # Via: SIP/2.0/TLS 192.0.2.7:50112;branch=...;rport;alias
+    assert isinstance(msg, SipRequest)
+    via = stamp_received(msg, "198.51.100.9", 40000)
+    assert via.rport == 40000 and via.received == "198.51.100.9"
+    assert msg.headers.get("Via") == (
+        "SIP/2.0/TLS 192.0.2.7:50112;branch=z9hG4bK776asdhds;rport=40000;alias"
+        ";received=198.51.100.9"
+    )
+    assert response_address(msg.top_via) == ("198.51.100.9", 40000)
+    # No rport, same address: nothing to add; a host name always gets received.
+    plain = parse_message(REGISTER.replace(b";rport;alias", b""))
+    assert isinstance(plain, SipRequest)
+    assert stamp_received(plain, "192.0.2.7", 50112).received is None
+    assert response_address(plain.top_via) == ("192.0.2.7", 50112)
+    named = plain.copy()
+    named.headers.replace_first("Via", "SIP/2.0/UDP phone.example.com;branch=z9hG4bKn")
+    assert stamp_received(named, "192.0.2.8", 5060).received == "192.0.2.8"
+    assert response_address(named.top_via) == ("192.0.2.8", 5060)
+    v6 = plain.copy()
+    v6.headers.replace_first("Via", "SIP/2.0/UDP [2001:db8::1];branch=z9hG4bKv")
+    assert stamp_received(v6, "2001:db8:0::1", 5060).received is None
+    assert response_address(v6.top_via) == ("[2001:db8::1]", 5060)
+    maddr = Via("UDP", "h.example.com", 5070, (("maddr", "239.1.1.1"),))
+    assert response_address(maddr) == ("239.1.1.1", 5070)
+    assert response_address(Via("TLS", "h.example.com")) == ("h.example.com", 5061)

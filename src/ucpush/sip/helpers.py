@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Iterable
 
 from ucpush.sip.errors import SipParseError
-from ucpush.sip.message import MAGIC_COOKIE, Headers, SipRequest, SipResponse
+from ucpush.sip.message import MAGIC_COOKIE, Headers, SipRequest, SipResponse, Via
 from ucpush.sip.uri import parse_name_addr
 
 REASON_PHRASES = {
@@ -161,3 +162,40 @@ def build_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
             out.add("To", response.headers.get("To") or value)
     out.add("CSeq", f"{invite.cseq.seq} ACK")
     return SipRequest("ACK", invite.uri, out)
+
+
+def _same_address(host: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")) == ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False  # a host name never equals the packet's source address
+
+
+def stamp_received(request: SipRequest, source_host: str, source_port: int) -> Via:
+    """Server transport duty on every received request (RFC 3261 §18.2.1, RFC 3581 §4):
+    add ``received`` when the top Via's sent-by is a name or another address, and fill an
+    empty ``rport`` (which also forces ``received``). Updates the request; returns the Via."""
+    via = request.top_via
+    if via.has_rport:
+        via = via.with_param("rport", str(source_port))
+        via = via.with_param("received", source_host)
+    elif not _same_address(via.host, source_host):
+        via = via.with_param("received", source_host)
+    else:
+        return via
+    request.headers.replace_first("Via", str(via))
+    return via
+
+
+def response_address(via: Via) -> tuple[str, int]:
+    """Where an unreliable transport sends a response (§18.2.2, RFC 3581 §4): maddr, else
+    received (with rport when filled in), else sent-by. Reliable transports answer on the
+    request's own connection first; this is their fallback too."""
+    default_port = 5061 if via.transport in ("TLS", "SCTP-TLS") else 5060
+    maddr = via.maddr
+    if maddr:
+        return maddr, via.port or default_port
+    received = via.received
+    if received:
+        return received, via.rport or via.port or default_port
+    return via.host, via.port or default_port

@@ -308,6 +308,17 @@ class Headers:
         self._items = [item for item in self._items if item[0] != key]
         return before - len(self._items)
 
+    def replace_first(self, name: str, value: str) -> None:
+        """Replace the first value of that name in place (e.g. the top Via), else append."""
+        self._version += 1
+        name = canonical_name(name)
+        key = name.lower()
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                self._items[i] = (key, item[1], value)
+                return
+        self._items.append((key, name, value))
+
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of that name (stripping top Via or Route)."""
         self._version += 1

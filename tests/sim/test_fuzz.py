@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,6 +148,76 @@ def test_fcm_malformed_requests(
                     f"{sim.url}/v1/projects/{PROJECT}/messages:send",
                     headers={"authorization": f"Bearer {access}"},
                     json={"message": {"token": "tok"}},
+                )
+                assert ok.status_code == 200
+
+    run(scenario())
+
+
+header_names = st.one_of(
+    st.sampled_from([*HEADER_NAMES, ":path", ":method", ":authority", "connection", "te"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12),
+)
+raw_values = st.binary(max_size=40)
+
+
+@FUZZ
+@given(
+    headers=st.lists(st.tuples(header_names, raw_values), max_size=8),
+    path=st.binary(max_size=60),
+    garbage=st.binary(max_size=60),
+)
+def test_apns_raw_h2_headers_never_break_the_server(
+    apns_key: tuple[bytes, bytes],
+    make_jwt: Callable[..., str],
+    headers: list[tuple[str, bytes]],
+    path: bytes,
+    garbage: bytes,
+) -> None:
+    """Headers h2 clients refuse to send (bad names, pseudo-headers, bytes) and raw garbage."""
+
+    async def scenario() -> None:
+        async with ApnsSimulator() as sim:
+            sim.add_signing_key(TEAM_ID, KEY_ID, apns_key[1])
+            sim.register_device(TOKEN, BUNDLE)
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            config = h2.config.H2Configuration(
+                validate_outbound_headers=False, normalize_outbound_headers=False
+            )
+            conn = h2.connection.H2Connection(config)
+            conn.initiate_connection()
+            request = [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/3/device/" + path),
+                *((name.encode(), value) for name, value in headers),
+            ]
+            conn.send_headers(1, request)
+            conn.send_data(1, b"{}", end_stream=True)
+            writer.write(conn.data_to_send() + garbage)
+            status = None
+            with contextlib.suppress(h2.exceptions.ProtocolError, ConnectionError):
+                while status is None:
+                    data = await asyncio.wait_for(reader.read(65535), 5)
+                    if not data:
+                        break  # the server dropped a protocol violation
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            status = int(dict(event.headers)[b":status"])
+                        elif isinstance(
+                            event, h2.events.StreamReset | h2.events.ConnectionTerminated
+                        ):
+                            status = 0
+            writer.close()
+            assert status is None or status == 0 or 400 <= status < 500
+            assert sim.server.handler_errors == 0
+            assert not sim.delivered
+            async with httpx.AsyncClient(http1=False, http2=True) as client:
+                ok = await client.post(
+                    f"{sim.url}/3/device/{TOKEN}",
+                    content=b"{}",
+                    headers={"authorization": f"bearer {make_jwt()}", "apns-topic": BUNDLE},
                 )
                 assert ok.status_code == 200
 

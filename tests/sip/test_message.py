@@ -742,3 +742,11 @@ def test_stamp_received_and_response_address() -> None:
     maddr = Via("UDP", "h.example.com", 5070, (("maddr", "239.1.1.1"),))
     assert response_address(maddr) == ("239.1.1.1", 5070)
     assert response_address(Via("TLS", "h.example.com")) == ("h.example.com", 5061)
+
+
+def test_error_response_with_a_broken_lower_via() -> None:
+    raw = REGISTER.replace(b"Max-Forwards: 70\r\n", b"Via: SIP/2.0/UDP ;;\r\nMax-Forwards: 70\r\n")
+    with pytest.raises(SipParseError, match="Via") as info:
+        parse_message(raw)
+    response = error_response(info.value)
+    assert response is not None and response.headers.get_all("Via")[1] == "SIP/2.0/UDP ;;"

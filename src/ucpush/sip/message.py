@@ -810,23 +810,22 @@ def _parse_header_lines(lines: list[str]) -> Headers:
 
 
 def _partial_headers(headers: Headers) -> Headers | None:
-    """The headers a response to a broken request needs, if they are all usable."""
+    """The headers a response to a broken request needs, if they are usable: Vias are copied
+    as written, but the top one must parse since the response is routed by it."""
+    vias = headers.get_all("Via")
+    if not vias or any(headers.count(name) != 1 for name in _REQUIRED):
+        return None
+    out = Headers(("Via", value) for value in vias)
+    for name in _REQUIRED:
+        out.add(name, headers.get(name) or "")
     try:
-        out = Headers()
-        for value in headers.get_all("Via"):
-            parse_via(value)
-            out.add("Via", value)
-        for name in _REQUIRED:
-            if headers.count(name) != 1:
-                return None
-            out.add(name, headers.get(name) or "")
-        probe = SipMessage(out)
-        probe.from_  # noqa: B018
-        probe.to  # noqa: B018
-        probe.cseq  # noqa: B018
-        return out if "Via" in out else None
+        parse_via(vias[0])
+        parse_name_addr(out.get("From") or "", "From")
+        parse_name_addr(out.get("To") or "", "To")
+        parse_cseq(out.get("CSeq") or "")
     except SipParseError:
         return None
+    return out
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:

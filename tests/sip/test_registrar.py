@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -414,6 +415,23 @@ def test_purr_is_kept_while_the_target_stays(node: Node) -> None:
     assert caps(outcome.response) == [f'*;+sip.pns="apns";+sip.pnspurr="{purr}"']
 
 
+def test_purr_rotates_and_the_old_one_stays_valid() -> None:
+    node = Node(RegistrarConfig(purr_rotation=300))
+    node.send(register(f"<{PUSH_CONTACT}>", expires=600))
+    first = node.only()
+    assert first.purr_issued_at == NOW and first.purr_previous == ""
+    node.send(register(f"<{PUSH_CONTACT}>", cseq=2, expires=600), NOW + timedelta(seconds=299))
+    assert node.only().purr == first.purr
+    later = NOW + timedelta(seconds=300)
+    outcome = node.send(register(f"<{PUSH_CONTACT}>", cseq=3, expires=600), later)
+    b = node.only()
+    assert b.id == first.id and b.purr != first.purr and b.purr_previous == first.purr
+    assert b.purr_issued_at == later
+    assert caps(outcome.response) == [f'*;+sip.pns="apns";+sip.pnspurr="{b.purr}"']
+    node.send(register(f"<{PUSH_CONTACT}>", cseq=4, expires=600), later + timedelta(seconds=300))
+    assert node.only().purr_previous == b.purr
+
+
 def test_new_prid_means_new_purr() -> None:
     node = Node()
     contact = outbound(PUSH_CONTACT)
@@ -423,6 +441,7 @@ def test_new_prid_means_new_purr() -> None:
     outcome = node.send(register(rotated, cseq=2, expires=600))
     b = node.only()
     assert b.id == first.id and b.pn_prid == "9" * 64 and b.purr != first.purr
+    assert b.purr_previous == first.purr
     assert outcome.events == [BindingRefreshed(b, first)]
 
 
@@ -578,6 +597,8 @@ def test_bad_config() -> None:
         RegistrarConfig(max_expires=200, default_expires=200, push_min_expires=240)
     with pytest.raises(ValueError):
         RegistrarConfig(pnsreg_lead=120)
+    with pytest.raises(ValueError):
+        RegistrarConfig(purr_rotation=0)
     with pytest.raises(ValueError):
         Registrar(RegistrarConfig(realm="a"), DigestAuth(SECRET, "b"))
 
@@ -751,7 +772,7 @@ def test_fuzz_authorization_gets_400_or_401(value: str) -> None:
 # Refresh pushes (RFC 8599 §5.5)
 
 
-def push_binding(expires: int = 600, *, pnsreg: bool = False, **changes: object) -> Binding:
+def push_binding(expires: int = 600, *, pnsreg: bool = False, **changes: Any) -> Binding:
     node = Node()
     tag = ";+sip.pnsreg" if pnsreg else ""
     node.send(register(f"<{PUSH_CONTACT}>{tag}", expires=expires))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def user(name: str = "alice", realm: str = "example.org") -> SipUser:
     )
 
 
-def binding(n: int = 1, aor: str = "sip:alice@example.org", **changes: object) -> Binding:
+def binding(n: int = 1, aor: str = "sip:alice@example.org", **changes: Any) -> Binding:
     b = Binding(
         id=f"b{n}",
         aor=aor,
@@ -52,11 +53,13 @@ def binding(n: int = 1, aor: str = "sip:alice@example.org", **changes: object) -
         pn_prid=PRID,
         pn_param="ABCD123456.org.example.app.voip",
         pn_extra={"pn-foo": "bar"},
-        purr="00ff" * 8,
+        purr=f"{n:02x}ff" * 8,
+        purr_previous=f"{n:02x}ee" * 8,
+        purr_issued_at=T0,
         pnsreg=True,
         user_agent="Linphone/5.1",
     )
-    return replace(b, **changes)  # type: ignore[arg-type]
+    return replace(b, **changes)
 
 
 @pytest.fixture
@@ -155,6 +158,17 @@ async def test_update_and_remove(sip: SqlSipRepository) -> None:
     await sip.add_binding(binding())
     with pytest.raises(Conflict):
         await sip.add_binding(binding())
+
+
+async def test_find_binding_by_purr(sip: SqlSipRepository) -> None:
+    await sip.add_binding(binding(1))
+    await sip.add_binding(binding(2))
+    assert (await sip.find_binding_by_purr("02ff" * 8)).id == "b2"
+    assert (await sip.find_binding_by_purr("01ee" * 8)).id == "b1"  # the replaced one
+    await sip.add_binding(binding(3, purr="", purr_previous=""))
+    for unknown in ("", "03ff" * 8):
+        with pytest.raises(NotFound):
+            await sip.find_binding_by_purr(unknown)
 
 
 async def test_save_bindings_is_one_change(sip: SqlSipRepository) -> None:

@@ -66,7 +66,8 @@ class RegistrarConfig:
     it) so the refresh push, sent ``PUSH_REFRESH_LEAD`` s before expiry, still leaves the UA
     registered for a while. ``pnsreg_lead``: the ``+sip.pnsreg`` value offered to UAs that can
     refresh unaided: they must re-REGISTER that many seconds before expiry (RFC 8599 §5.6.1.1
-    wants more than 120). ``purr``: hand out a PURR (RFC 8599 §6) per push binding.
+    wants more than 120). ``purr``: hand out a PURR (RFC 8599 §6) per push binding, renewed
+    every ``purr_rotation`` seconds.
     """
 
     realm: str = ""
@@ -79,12 +80,15 @@ class RegistrarConfig:
     push_min_expires: int = 2 * PUSH_REFRESH_LEAD
     pnsreg_lead: int = 180
     purr: bool = True
+    purr_rotation: int = 86400
 
     def __post_init__(self) -> None:
         if not 0 < self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
         if not PUSH_REFRESH_LEAD < self.push_min_expires <= self.max_expires:
             raise ValueError(f"push_min_expires must be in ({PUSH_REFRESH_LEAD}, max_expires]")
+        if self.purr_rotation <= 0:
+            raise ValueError("purr_rotation must be positive")
         if self.pnsreg_lead <= PUSH_REFRESH_LEAD:
             raise ValueError(f"pnsreg_lead must exceed {PUSH_REFRESH_LEAD}")
 
@@ -181,7 +185,10 @@ def _outbound_path(request: SipRequest) -> bool:
     if len(request.headers.get_all("Via")) == 1:
         return True
     paths = request.headers.get_all("Path")
-    return bool(paths) and parse_name_addr(paths[0], "Path").uri.param("ob") is not None
+    if not paths:
+        return False
+    edge = parse_name_addr(paths[0], "Path").uri
+    return isinstance(edge, SipURI) and edge.param("ob") is not None
 
 
 def _contact_value(binding: Binding, now: datetime) -> str:
@@ -485,11 +492,11 @@ class Registrar:
                 continue
             binding = self._binding(req, aor, now, source, call_id, cseq, path, user_agent)
             if found is None:
-                binding = replace(binding, purr=self._purr(None, binding))
+                binding = self._with_purr(binding, None, now)
                 current.append(binding)
                 events.append(BindingAdded(binding))
             else:
-                binding = replace(binding, id=found.id, purr=self._purr(found, binding))
+                binding = self._with_purr(replace(binding, id=found.id), found, now)
                 current[current.index(found)] = binding
                 events.append(BindingRefreshed(binding, found))
             upsert[binding.id] = binding
@@ -541,18 +548,29 @@ class Registrar:
             user_agent=user_agent,
         )
 
-    def _purr(self, previous: Binding | None, binding: Binding) -> str:
-        """Keep the PURR while the push target stays the same, so dialogs that carry it keep
-        working; a new target (or a new binding) gets a fresh random one (RFC 8599 §6)."""
+    def _with_purr(self, binding: Binding, previous: Binding | None, now: datetime) -> Binding:
+        """RFC 8599 §6: a random PURR per push binding, replaced every ``purr_rotation``
+        seconds and whenever the push target changes, so it cannot be used to track the
+        device. The replaced value stays valid as ``purr_previous`` for one more period, so
+        dialogs that carry it can still be pushed."""
         if not (self.config.purr and binding.push_enabled):
-            return ""
-        same_target = previous is not None and all(
+            return binding
+        fresh = secrets.token_hex(16)
+        if previous is None or not previous.purr or previous.purr_issued_at is None:
+            return replace(binding, purr=fresh, purr_issued_at=now)
+        same_target = all(
             getattr(previous, a) == getattr(binding, a)
             for a in ("pn_provider", "pn_prid", "pn_param")
         )
-        if previous is not None and previous.purr and same_target:
-            return previous.purr
-        return secrets.token_hex(16)
+        age = now - previous.purr_issued_at
+        if same_target and age < timedelta(seconds=self.config.purr_rotation):
+            return replace(
+                binding,
+                purr=previous.purr,
+                purr_previous=previous.purr_previous,
+                purr_issued_at=previous.purr_issued_at,
+            )
+        return replace(binding, purr=fresh, purr_previous=previous.purr, purr_issued_at=now)
 
     def _feature_caps(
         self, confirm: list[str], requested: list[_Requested], saved: list[Binding]

@@ -167,7 +167,8 @@ class Binding:
     (the flow to send requests back on when the UA is behind a NAT). ``pn_provider``,
     ``pn_prid`` and ``pn_param`` are set only when this node pushes for the binding; other
     ``pn-*`` URI parameters are kept verbatim in ``pn_extra``. ``purr`` is the RFC 8599 §6 Proxy
-    Unique Registration Reference handed to the UA (empty if none). ``pnsreg``: the UA tagged
+    Unique Registration Reference handed to the UA (empty if none), ``purr_previous`` the one
+    it replaced. ``pnsreg``: the UA tagged
     ``+sip.pnsreg`` (it can refresh without a push).
     """
 
@@ -190,6 +191,8 @@ class Binding:
     pn_param: str = ""
     pn_extra: dict[str, str] = field(default_factory=dict)
     purr: str = ""
+    purr_previous: str = ""  # the PURR ``purr`` replaced; dialogs may still carry it
+    purr_issued_at: datetime | None = None
     pnsreg: bool = False
     user_agent: str = ""
 
@@ -210,6 +213,11 @@ class SipRepository(Protocol):
     # bindings
     async def list_bindings(self, aor: str | None = None) -> list[Binding]: ...
     async def get_binding(self, binding_id: str) -> Binding: ...  # NotFound
+    async def find_binding_by_purr(self, purr: str) -> Binding:
+        """The binding whose current or previous PURR is ``purr`` (for a mid-dialog request,
+        RFC 8599 §6); NotFound if none. The caller checks ``expires_at``."""
+        ...
+
     async def add_binding(self, binding: Binding) -> None: ...  # Conflict on duplicate id
     async def update_binding(self, binding: Binding) -> None: ...  # NotFound
     async def remove_binding(self, binding_id: str) -> None: ...  # NotFound

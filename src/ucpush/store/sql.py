@@ -181,6 +181,8 @@ sip_bindings = sa.Table(
     sa.Column("pn_param", sa.Text(), nullable=False),
     sa.Column("pn_extra", sa.JSON(), nullable=False),
     sa.Column("purr", sa.String(64), nullable=False, index=True),
+    sa.Column("purr_previous", sa.String(64), nullable=False, index=True),
+    sa.Column("purr_issued_at", UTCDateTime(), nullable=True),
     sa.Column("pnsreg", sa.Boolean(), nullable=False),
     sa.Column("user_agent", sa.Text(), nullable=False),
 )

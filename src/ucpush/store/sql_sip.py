@@ -78,6 +78,19 @@ class SqlSipRepository(SqlRepositoryBase):
         )
         return _binding(row)
 
+    async def find_binding_by_purr(self, purr: str) -> Binding:
+        """The binding whose current or previous PURR is ``purr`` (for a mid-dialog request,
+        RFC 8599 §6); NotFound if none. The caller checks ``expires_at``."""
+        if not purr:
+            raise NotFound("binding")  # "" means "no PURR", never a key
+        row = await self._one(
+            sip_bindings.select().where(
+                sa.or_(sip_bindings.c.purr == purr, sip_bindings.c.purr_previous == purr)
+            ),
+            "binding",
+        )
+        return _binding(row)
+
     async def add_binding(self, binding: Binding) -> None:
         await self._insert(sip_bindings, _binding_values(binding))
 

@@ -54,6 +54,8 @@ def upgrade() -> None:
         sa.Column("pn_param", sa.Text(), nullable=False),
         sa.Column("pn_extra", sa.JSON(), nullable=False),
         sa.Column("purr", sa.String(64), nullable=False),
+        sa.Column("purr_previous", sa.String(64), nullable=False),
+        sa.Column("purr_issued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("pnsreg", sa.Boolean(), nullable=False),
         sa.Column("user_agent", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_sip_bindings"),
@@ -62,6 +64,7 @@ def upgrade() -> None:
     op.create_index("ix_sip_bindings_expires_at", "sip_bindings", ["expires_at"])
     op.create_index("ix_sip_bindings_pn_prid", "sip_bindings", ["pn_prid"])
     op.create_index("ix_sip_bindings_purr", "sip_bindings", ["purr"])
+    op.create_index("ix_sip_bindings_purr_previous", "sip_bindings", ["purr_previous"])
 
 
 def downgrade() -> None:

@@ -318,3 +318,20 @@ async def test_respects_small_client_window(server: H2Server) -> None:
         await client.read()
     assert bytes(client.bodies[stream_id]) == b"z" * 5000
     client.writer.close()
+
+
+def test_runs_under_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")  # the relay's server loop, in `ucpush up`
+
+    async def scenario() -> None:
+        server = H2Server(echo)
+        await server.start()
+        async with httpx.AsyncClient(http1=False, http2=True) as client:
+            assert (await client.post(server.url + "/", content=b"x")).content == b"x"
+            assert len((await client.get(server.url + "/big/200000")).content) == 200_000
+            with pytest.raises(httpx.TransportError):
+                await client.get(server.url + "/reset")
+            assert (await client.get(server.url + "/")).status_code == 200
+        await server.stop()
+
+    uvloop.run(scenario())

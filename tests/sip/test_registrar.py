@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,23 @@ def test_expired_bindings_are_dropped(node: Node) -> None:
     assert contacts_of(outcome.response) == []
     assert outcome.events == [BindingRemoved(old, "expired")]
     assert outcome.remove == [old.id]
+
+
+def test_too_many_bindings() -> None:
+    node = Node(RegistrarConfig(max_bindings=2))
+    node.send(register("<sip:a@192.0.2.1>", "<sip:b@192.0.2.1>"))
+    outcome = node.send(register("<sip:c@192.0.2.1>", cseq=2))
+    assert outcome.response.status == 403 and "more than 2 bindings" in outcome.reason
+    assert len(node.bindings) == 2
+    # Replacing one in the same request is fine.
+    request = register("<sip:a@192.0.2.1>;expires=0", "<sip:c@192.0.2.1>", cseq=3)
+    assert node.send(request).response.status == 200
+
+
+def test_date_is_gmt_whatever_the_zone_of_now(node: Node) -> None:
+    tokyo = NOW.astimezone(timezone(timedelta(hours=9)))
+    response = node.send(register("<sip:a@192.0.2.1>"), tokyo).response
+    assert response.headers.get("Date") == "Tue, 24 Nov 2026 12:00:00 GMT"
 
 
 def test_request_checks() -> None:
@@ -599,6 +616,8 @@ def test_bad_config() -> None:
         RegistrarConfig(pnsreg_lead=120)
     with pytest.raises(ValueError):
         RegistrarConfig(purr_rotation=0)
+    with pytest.raises(ValueError):
+        RegistrarConfig(max_bindings=0)
     with pytest.raises(ValueError):
         Registrar(RegistrarConfig(realm="a"), DigestAuth(SECRET, "b"))
 

@@ -24,7 +24,7 @@ import secrets
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Protocol
 from urllib.parse import unquote as unescape
@@ -67,7 +67,8 @@ class RegistrarConfig:
     registered for a while. ``pnsreg_lead``: the ``+sip.pnsreg`` value offered to UAs that can
     refresh unaided: they must re-REGISTER that many seconds before expiry (RFC 8599 §5.6.1.1
     wants more than 120). ``purr``: hand out a PURR (RFC 8599 §6) per push binding, renewed
-    every ``purr_rotation`` seconds.
+    every ``purr_rotation`` seconds. ``max_bindings``: most contacts one AOR may have (403
+    beyond).
     """
 
     realm: str = ""
@@ -81,14 +82,15 @@ class RegistrarConfig:
     pnsreg_lead: int = 180
     purr: bool = True
     purr_rotation: int = 86400
+    max_bindings: int = 20
 
     def __post_init__(self) -> None:
         if not 0 < self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
         if not PUSH_REFRESH_LEAD < self.push_min_expires <= self.max_expires:
             raise ValueError(f"push_min_expires must be in ({PUSH_REFRESH_LEAD}, max_expires]")
-        if self.purr_rotation <= 0:
-            raise ValueError("purr_rotation must be positive")
+        if self.purr_rotation <= 0 or self.max_bindings <= 0:
+            raise ValueError("purr_rotation and max_bindings must be positive")
         if self.pnsreg_lead <= PUSH_REFRESH_LEAD:
             raise ValueError(f"pnsreg_lead must exceed {PUSH_REFRESH_LEAD}")
 
@@ -300,8 +302,9 @@ class Registrar:
         bindings: Sequence[Binding],
         user: SipUser | None = None,
     ) -> RegisterOutcome:
-        """Process a REGISTER. ``bindings``: the stored bindings of the To AOR (expired ones
-        included; they are dropped here). ``user``: the account ``auth_user_key`` named."""
+        """Process a REGISTER. ``now`` is timezone-aware. ``bindings``: the stored bindings of
+        the To AOR (expired ones included; they are dropped here). ``user``: the account
+        ``auth_user_key`` named."""
         if request.method != "REGISTER":
             raise ValueError(f"not a REGISTER: {request.method}")
         aor: str | None = None
@@ -509,7 +512,10 @@ class Registrar:
         if _supports(request, "outbound") and any(r.reg_id is not None for r in requested):
             headers.append(("Require", "outbound"))
         headers += self._feature_caps(confirm, requested, list(upsert.values()))
-        headers.append(("Date", format_datetime(now, usegmt=True)))
+        if len(current) > self.config.max_bindings:
+            # One account must not fill the location store (or the fork set of its calls).
+            raise _Reject(403, f"more than {self.config.max_bindings} bindings for {aor}")
+        headers.append(("Date", format_datetime(now.astimezone(UTC), usegmt=True)))
         response = make_response(request, 200, to_tag=new_tag(), headers=headers)
         return RegisterOutcome(response, aor, list(upsert.values()), remove, events)
 

@@ -133,18 +133,23 @@ def verify(auth: DigestAuth, creds: DigestCredentials, now: datetime = NOW) -> O
 
 
 def test_challenge_offers_sha256_then_md5(auth: DigestAuth) -> None:
-    values = auth.challenge(NOW)
+    headers = auth.challenge(NOW)
+    assert [name for name, _ in headers] == ["WWW-Authenticate"] * 2
+    values = [value for _, value in headers]
     assert len(values) == 2
     assert "algorithm=SHA-256" in values[0] and "algorithm=MD5" in values[1]
     for value in values:
         assert value.startswith('Digest realm="example.org", nonce="')
         assert 'qop="auth"' in value and "stale" not in value
-    assert all("stale=true" in v for v in auth.challenge(NOW, stale=True))
+    assert all("stale=true" in v for _, v in auth.challenge(NOW, stale=True))
+    proxy = auth.challenge(NOW, proxy=True)
+    assert [name for name, _ in proxy] == ["Proxy-Authenticate"] * 2
+    assert [v for _, v in proxy] == values
 
 
 def test_challenge_nonce_is_accepted_back(auth: DigestAuth) -> None:
     later = NOW + timedelta(seconds=10)
-    m = re.search(r'nonce="([^"]+)"', auth.challenge(NOW)[0])
+    m = re.search(r'nonce="([^"]+)"', auth.challenge(NOW)[0][1])
     assert m is not None and m.group(1) == auth.make_nonce(NOW)
     assert verify(auth, answer(auth, issued=NOW), later) is Outcome.OK
 

@@ -248,14 +248,21 @@ class DigestAuth:
         age = int(now.timestamp()) - int.from_bytes(stamp, "big")
         return None if age < -_SKEW_SECONDS else age
 
-    def challenge(self, now: datetime, *, stale: bool = False) -> list[str]:
-        """``WWW-Authenticate`` (401) or ``Proxy-Authenticate`` (407) values, one per
-        algorithm, most preferred first; they share one nonce."""
+    def challenge(
+        self, now: datetime, *, stale: bool = False, proxy: bool = False
+    ) -> list[tuple[str, str]]:
+        """Challenge headers, one per algorithm, most preferred first, sharing one nonce:
+        ``WWW-Authenticate`` for a 401, or ``Proxy-Authenticate`` for a 407 when ``proxy``
+        (the UA then answers in ``Authorization`` or ``Proxy-Authorization``)."""
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         nonce = self.make_nonce(now)
         realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
         tail = ", stale=true" if stale else ""
         return [
-            f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{tail}'
+            (
+                name,
+                f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{tail}',
+            )
             for algorithm in self.algorithms
         ]
 

@@ -288,8 +288,7 @@ class Registrar:
 
     def _challenge(self, now: datetime, reason: str, *, stale: bool = False) -> _Reject:
         assert self.auth is not None
-        values = self.auth.challenge(now, stale=stale)
-        return _Reject(401, reason, [("WWW-Authenticate", v) for v in values])
+        return _Reject(401, reason, self.auth.challenge(now, stale=stale))
 
     # REGISTER
 

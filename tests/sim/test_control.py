@@ -208,3 +208,15 @@ async def test_serve_subprocess(tmp_path: Path, tls: bool) -> None:
             process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)
     assert process.returncode == 0
+
+
+async def test_apns_keys_rejects_non_p256(
+    apns: ApnsEnv, service_account_key: tuple[dict[str, str], bytes]
+) -> None:
+    rsa_public = service_account_key[1].decode()
+    response = await apns.client.post(
+        apns.sim.url + "/_sim/keys",
+        json={"team_id": "T", "key_id": "K", "public_key_pem": rsa_public},
+    )
+    assert response.status_code == 400
+    assert "P-256" in response.json()["error"]

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from ucpush.sim.h2server import H2Server, Request, Response
 
 FaultKind = Literal["status", "latency", "reset", "goaway"]
@@ -153,8 +155,8 @@ class SimulatorBase(ABC):
         if request.path.startswith(self.CONTROL_PREFIX):
             try:
                 return self._control(request, request.path[len(self.CONTROL_PREFIX) :])
-            except ValueError as exc:
-                return json_response(400, {"error": str(exc)})
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # bad input, e.g. PEM
+                return json_response(400, {"error": str(exc) or type(exc).__name__})
         fault = self.faults.take() if self._is_push(request) else None
         if fault is not None:
             if fault.kind == "reset":

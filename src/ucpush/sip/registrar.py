@@ -7,7 +7,8 @@ the user and bindings up in a ``SipRepository``, saves the changes and hands bac
 
 A transport layer drives it like this::
 
-    outcome = await service.register(request, source=Source("TCP", host, port), now=now)
+    # ``flow``: the arrival flow (any FlowAddress, e.g. Source("TCP", host, port))
+    outcome = await service.register(request, source=flow, now=now)
     send(outcome.response)            # through the server transaction
     for event in outcome.events:      # BindingAdded / BindingRefreshed / BindingRemoved
         call_push.on_binding_event(event)
@@ -95,9 +96,21 @@ class RegistrarConfig:
             raise ValueError(f"pnsreg_lead must exceed {PUSH_REFRESH_LEAD}")
 
 
+class FlowAddress(Protocol):
+    """Where a REGISTER arrived from: the flow requests to the UA go back on (RFC 5626).
+    The transport layer's flow objects fit as they are."""
+
+    @property
+    def transport(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where the REGISTER arrived from: the flow requests to the UA go back on (RFC 5626)."""
+    """A plain ``FlowAddress``."""
 
     transport: str
     host: str
@@ -297,7 +310,7 @@ class Registrar:
         request: SipRequest,
         *,
         now: datetime,
-        source: Source,
+        source: FlowAddress,
         bindings: Sequence[Binding],
         user: SipUser | None = None,
     ) -> RegisterOutcome:
@@ -445,7 +458,7 @@ class Registrar:
         request: SipRequest,
         aor: str,
         now: datetime,
-        source: Source,
+        source: FlowAddress,
         stored: Sequence[Binding],
     ) -> RegisterOutcome:
         call_id = request.call_id
@@ -523,7 +536,7 @@ class Registrar:
         req: _Requested,
         aor: str,
         now: datetime,
-        source: Source,
+        source: FlowAddress,
         call_id: str,
         cseq: int,
         path: tuple[str, ...],
@@ -676,7 +689,7 @@ class RegistrarService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def register(
-        self, request: SipRequest, *, source: Source, now: datetime
+        self, request: SipRequest, *, source: FlowAddress, now: datetime
     ) -> RegisterOutcome:
         user = None
         key = self.registrar.auth_user_key(request)

@@ -57,3 +57,9 @@ def test_bad_values_and_unknown_keys_are_errors(tmp_path):
 def test_embedded_default_store_is_sqlite_in_data_dir(tmp_path):
     settings = Settings(data_dir=tmp_path)
     assert settings.store_url == f"sqlite+aiosqlite:///{tmp_path / 'ucpush.db'}"
+
+
+@pytest.mark.parametrize("example", sorted((DOC.parents[1] / "deploy").glob("*.toml")))
+def test_shipped_example_configs_load(example: Path):
+    settings = load_settings(example)
+    assert settings.log.format in ("json", "console")

@@ -228,3 +228,40 @@ def test_generated_uris_round_trip(uri: SipURI) -> None:
     parsed = parse_uri(str(uri))
     assert parsed == uri and str(parsed) == str(uri)
     assert parsed.equivalent(uri)
+
+
+COMPACT = {
+    "Call-ID": "i",
+    "Contact": "m",
+    "From": "f",
+    "To": "t",
+    "Via": "v",
+    "Content-Length": "l",
+    "Subject": "s",
+}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages(), st.data())
+def test_header_spellings_and_folding(msg: SipRequest | SipResponse, data: st.DataObject) -> None:
+    """Compact forms, any name case, space before the colon and a fold after it all parse to
+    the same headers (unknown names keep their spelling, so they compare case-insensitively)."""
+    wire_form = msg.serialize()
+    head, _, body = wire_form.partition(b"\r\n\r\n")
+    start, *lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    out = [start]
+    for line in lines:
+        name, _, value = line.partition(": ")
+        spelling = data.draw(st.sampled_from(["as-is", "lower", "upper", "compact"]))
+        if spelling == "lower":
+            name = name.lower()
+        elif spelling == "upper":
+            name = name.upper()
+        elif spelling == "compact":
+            name = COMPACT.get(name, name)
+        gap = data.draw(st.sampled_from([":", " :", ":\r\n ", " :\r\n\t"]))
+        out.append(f"{name}{gap} {value}")
+    raw = "\r\n".join(out).encode("utf-8", "surrogateescape") + b"\r\n\r\n" + body
+    parsed, expected = parse_message(raw, stream=True), parse_message(wire_form)
+    assert parsed.headers == expected.headers  # names compare case-insensitively
+    assert parsed.start_line() == expected.start_line() and parsed.body == expected.body

@@ -106,7 +106,7 @@ def serve(
         Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
     ] = None,
 ) -> None:
-    """Run APNs production, APNs sandbox and FCM simulators on the [sim] ports."""
+    """Run APNs production, APNs sandbox and FCM simulators on the configured sim ports."""
     settings = load_settings(config)
     console = Console()
     with contextlib.suppress(KeyboardInterrupt):

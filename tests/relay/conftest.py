@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.support.pg import pg_database
 from ucpush.config import RelaySettings, Settings
 from ucpush.relay.client import RelayClient
 from ucpush.relay.server import RunningRelay, run_relay
@@ -63,7 +64,17 @@ def _server_ssl(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+def relay_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite by default; ``indirect`` parametrisation with "postgres" runs on PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        with pg_database() as url:
+            yield url
+    else:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, relay_store_url: str) -> AsyncIterator[Stack]:
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -104,7 +115,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             retry_max_delay=0.05,
         ),
     )
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    store = await open_store(relay_store_url)
     async with run_relay(settings, store) as relay:
         tenant = await relay.service.onboarding.tenant("acme", create=True)
         for service, env in (("APNS", "production"), ("APNS:dev", "sandbox")):

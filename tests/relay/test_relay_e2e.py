@@ -21,6 +21,11 @@ APNS_TOKEN = "a1" * 32
 FCM_TOKEN = "fcm-registration-token:APA91b-example_0123456789"
 
 
+@pytest.mark.parametrize(
+    "relay_store_url",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 async def test_voucher_onboarding_moves_tenant_to_completed(stack: Stack):
     tenant = await stack.store.relay.get_tenant(stack.tenant_id)
     assert tenant.status is TenantStatus.PENDING
@@ -31,6 +36,11 @@ async def test_voucher_onboarding_moves_tenant_to_completed(stack: Stack):
     assert status["cluster_id"] == "cluster-1"
 
 
+@pytest.mark.parametrize(
+    "relay_store_url",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 async def test_voip_push_reaches_apns_byte_exact(stack: Stack):
     stack.apns.register_device(APNS_TOKEN, BUNDLE)
     payload = {"callId": "c1", "caller": "Alice", "number": "+15551234"}

@@ -5,20 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-import h2.errors
-import h2.events
-import httpcore
-import httpx
 import pytest
 
 from ucpush.relay.providers.base import Outcome, ProviderResult
-from ucpush.relay.providers.retry import (
-    Retry,
-    RetryPolicy,
-    parse_retry_after,
-    run_with_retries,
-    transport_reason,
+from ucpush.relay.providers.h2client import (
+    H2ConnectError,
+    H2ConnectionLost,
+    H2NotProcessed,
+    H2QueueTimeout,
+    H2StreamReset,
+    H2Timeout,
 )
+from ucpush.relay.providers.retry import Retry, RetryPolicy, parse_retry_after, run_with_retries
 
 POLICY = RetryPolicy(attempts=3, base_delay=0.25, max_delay=2.0, wait_limit=3.0)
 DOWN = ProviderResult(Outcome.PROVIDER_DOWN, status=503)
@@ -112,20 +110,16 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after(later, now=lambda: now + 60) == 0.0
 
 
-def _wrapped(cause: Exception) -> httpx.RemoteProtocolError:
-    exc = httpx.RemoteProtocolError(str(cause))
-    exc.__cause__ = cause
-    return exc
-
-
 def test_transport_reasons() -> None:
-    refused = h2.events.StreamReset(stream_id=1, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
-    cancelled = h2.events.StreamReset(stream_id=3, error_code=h2.errors.ErrorCodes.CANCEL)
-    goaway = h2.events.ConnectionTerminated()
-    assert transport_reason(httpx.ConnectError("refused")) == "connect_error"
-    assert transport_reason(httpx.PoolTimeout("busy")) == "pool_timeout"
-    assert transport_reason(httpx.ReadTimeout("slow")) == "timeout"
-    assert transport_reason(_wrapped(httpcore.RemoteProtocolError(refused))) == "refused_stream"
-    assert transport_reason(_wrapped(httpcore.RemoteProtocolError(cancelled))) == "connection_lost"
-    assert transport_reason(_wrapped(httpcore.RemoteProtocolError(goaway))) == "goaway"
-    assert transport_reason(httpx.RemoteProtocolError("Server disconnected")) == "connection_lost"
+    """The reasons providers report for failed requests, and which of them are safe to resend."""
+    assert H2ConnectError("refused").reason == "connect_error"
+    assert H2QueueTimeout("busy").reason == "pool_timeout"
+    assert H2Timeout("slow").reason == "timeout"
+    assert H2NotProcessed("refused").reason == "refused_stream"
+    assert H2StreamReset("cancelled").reason == "stream_reset"
+    assert H2NotProcessed("above", reason="goaway").reason == "goaway"
+    assert H2ConnectionLost("Server disconnected").reason == "connection_lost"
+    never_seen = (H2ConnectError, H2QueueTimeout, H2NotProcessed)
+    assert all(error("x").not_processed for error in never_seen)
+    maybe_seen = (H2Timeout, H2StreamReset, H2ConnectionLost)
+    assert not any(error("x").not_processed for error in maybe_seen)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -29,13 +28,13 @@ from ucpush.relay.providers.base import (
     PushType,
 )
 from ucpush.relay.providers.common import compact_json, json_object, log_result
+from ucpush.relay.providers.h2client import H2Error
 from ucpush.relay.providers.pool import PoolSet
 from ucpush.relay.providers.retry import (
     Retry,
     RetryPolicy,
     parse_retry_after,
     run_with_retries,
-    transport_reason,
 )
 from ucpush.store.repository import ProviderApp
 
@@ -280,8 +279,10 @@ class ApnsProvider:
                         # A server error or a token-update block belongs to the connection: the
                         # retry, and later pushes, get a fresh one.
                         pool.retire(conn)
-            except httpx.TransportError as exc:
-                return Retry(ProviderResult(Outcome.PROVIDER_DOWN, reason=transport_reason(exc)))
+            except H2Error as exc:
+                # Retried whether or not the provider may have seen it (exc.not_processed):
+                # losing a push is worse than a rare duplicate.
+                return Retry(ProviderResult(Outcome.PROVIDER_DOWN, reason=exc.reason))
             if (
                 isinstance(step, ProviderResult)
                 and step.reason == "ExpiredProviderToken"

@@ -28,13 +28,13 @@ from ucpush.relay.providers.base import (
     PushType,
 )
 from ucpush.relay.providers.common import compact_json, json_object, log_result
+from ucpush.relay.providers.h2client import H2Error
 from ucpush.relay.providers.pool import PoolSet, provider_ssl_context
 from ucpush.relay.providers.retry import (
     Retry,
     RetryPolicy,
     parse_retry_after,
     run_with_retries,
-    transport_reason,
 )
 
 log = get_logger(__name__)
@@ -282,8 +282,10 @@ class FcmProvider:
                     response = await conn.client.post(path, content=body, headers=headers)
                     if response.status_code >= 500:
                         pool.retire(conn)  # the retry may reach a healthier front end
-            except httpx.TransportError as exc:
-                return Retry(ProviderResult(Outcome.PROVIDER_DOWN, reason=transport_reason(exc)))
+            except H2Error as exc:
+                # Retried whether or not the provider may have seen it (exc.not_processed):
+                # losing a push is worse than a rare duplicate.
+                return Retry(ProviderResult(Outcome.PROVIDER_DOWN, reason=exc.reason))
             step = interpret_response(response.status_code, response.headers, response.content)
             if not isinstance(step, ProviderResult):
                 return step

@@ -1,7 +1,7 @@
 """A small set of long-lived HTTP/2 connections to one provider origin.
 
-httpx multiplexes at most 100 streams on its single HTTP/2 connection per origin, so throughput
-needs several clients; each request goes to the least busy one.
+Each pooled ``H2Client`` is one HTTP/2 connection (replaced when lost or sent GOAWAY); a few of
+them spread the per-connection work, and each request goes to the least busy one.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from ucpush.config import RelaySettings
+from ucpush.relay.providers.h2client import H2Client, H2Error
 
 
 def provider_ssl_context(settings: RelaySettings) -> ssl.SSLContext:
@@ -26,27 +25,11 @@ def provider_ssl_context(settings: RelaySettings) -> ssl.SSLContext:
     return context
 
 
-def _new_client(base_url: str, timeout: float, ssl_context: ssl.SSLContext) -> httpx.AsyncClient:
-    # Plain http:// is HTTP/2 with prior knowledge (h2c), which is what the simulators speak.
-    cleartext = base_url.startswith("http://")
-    return httpx.AsyncClient(
-        base_url=base_url,
-        http1=not cleartext,
-        http2=True,
-        verify=ssl_context,
-        timeout=timeout,
-        # Provider connections are meant to stay open: no 5 s idle expiry. httpx puts every
-        # stream on one HTTP/2 connection; a second one only opens while the first drains after a
-        # GOAWAY, so a small cap is plenty.
-        limits=httpx.Limits(max_connections=8, max_keepalive_connections=8, keepalive_expiry=None),
-    )
-
-
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One pooled client (one HTTP/2 connection in practice) and its in-flight requests."""
+    """One pooled client (one HTTP/2 connection at a time) and its in-flight requests."""
 
-    client: httpx.AsyncClient
+    client: H2Client
     busy: int = 0
     retired: bool = False
 
@@ -63,14 +46,17 @@ class ClientPool:
         self._closed = False
 
     def _new_connection(self) -> Connection:
-        return Connection(_new_client(self.base_url, self._timeout, self._ssl_context))
+        # Plain http:// is HTTP/2 with prior knowledge (h2c), which is what the simulators speak.
+        return Connection(
+            H2Client(self.base_url, ssl_context=self._ssl_context, timeout=self._timeout)
+        )
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """Lease the least busy connection for one request.
 
-        A transport error (reset, GOAWAY, timeout) retires the connection so a retry does not
-        land on a dead one.
+        A transport error (``H2Error``: reset, GOAWAY, timeout) retires the connection so a
+        retry does not land on a dead one.
         """
         if self._closed:
             raise RuntimeError("provider pool is closed")
@@ -82,7 +68,7 @@ class ClientPool:
         conn.busy += 1
         try:
             yield conn
-        except httpx.TransportError:
+        except H2Error:
             self.retire(conn)
             raise
         finally:

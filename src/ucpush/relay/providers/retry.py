@@ -14,10 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 
-import h2.errors
-import h2.events
-import httpx
-
 from ucpush.config import RelaySettings
 from ucpush.relay.providers.base import ProviderResult
 
@@ -96,30 +92,3 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - now())
-
-
-def transport_reason(exc: httpx.TransportError) -> str:
-    """A short reason for a failed request, telling apart what the provider cannot have seen.
-
-    ``connect_error``, ``pool_timeout`` and ``refused_stream`` never reached the provider; the
-    others (``goaway`` covering our stream, ``connection_lost``, ``timeout``) may have been
-    processed, so a retry can duplicate the push.
-    """
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return "connect_error"
-    if isinstance(exc, httpx.PoolTimeout):
-        return "pool_timeout"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    # httpcore raises RemoteProtocolError carrying the h2 event. Streams above a GOAWAY's
-    # last_stream_id are re-sent by httpcore itself and never reach us.
-    cause = exc.__cause__
-    event = cause.args[0] if cause is not None and cause.args else None
-    if (
-        isinstance(event, h2.events.StreamReset)
-        and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-    ):
-        return "refused_stream"
-    if isinstance(event, h2.events.ConnectionTerminated):
-        return "goaway"
-    return "connection_lost"

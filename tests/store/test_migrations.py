@@ -35,7 +35,7 @@ async def table_names(engine: AsyncEngine) -> set[str]:
 
 
 def test_single_head() -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 async def test_open_store_creates_schema(empty_url: str) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ucpush.store.sql import SqlRelayRepository
+    from ucpush.store.sql_signin import SqlSigninRepository
     from ucpush.store.sql_sip import SqlSipRepository
 
 __all__ = ["Store", "open_store"]
@@ -25,12 +26,13 @@ __all__ = ["Store", "open_store"]
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """An open database: ``relay`` and ``sip`` are the repositories, ``close()`` releases the
-    connections."""
+    """An open database: ``relay``, ``sip`` and ``signin`` are the repositories, ``close()``
+    releases the connections."""
 
     engine: AsyncEngine
     relay: SqlRelayRepository
     sip: SqlSipRepository
+    signin: SqlSigninRepository
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -59,6 +61,7 @@ async def open_store(url: str) -> Store:
     # start-up) do not load SQLAlchemy and Alembic.
     from ucpush.store.migrate import upgrade
     from ucpush.store.sql import SqlRelayRepository, create_engine
+    from ucpush.store.sql_signin import SqlSigninRepository
     from ucpush.store.sql_sip import SqlSipRepository
 
     engine = create_engine(url)
@@ -67,4 +70,9 @@ async def open_store(url: str) -> Store:
     except BaseException:
         await engine.dispose()
         raise
-    return Store(engine=engine, relay=SqlRelayRepository(engine), sip=SqlSipRepository(engine))
+    return Store(
+        engine=engine,
+        relay=SqlRelayRepository(engine),
+        sip=SqlSipRepository(engine),
+        signin=SqlSigninRepository(engine),
+    )

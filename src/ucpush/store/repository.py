@@ -229,3 +229,171 @@ class SipRepository(Protocol):
     async def remove_expired(self, now: datetime) -> list[Binding]:
         """Delete every binding with ``expires_at <= now`` and return them."""
         ...
+
+
+# Client sign-in, devices and client configuration (call node)
+
+
+class Platform(StrEnum):
+    IOS = "ios"
+    ANDROID = "android"
+
+
+class PushState(StrEnum):
+    ACTIVE = "active"
+    PAUSED_INVALID_TOKEN = "paused-invalid-token"  # provider said the token is dead (410)
+    SIGNED_OUT = "signed-out"  # no pushes until the device registers again
+
+
+@dataclass(frozen=True, slots=True)
+class EnterpriseParams:
+    """Cluster-wide client OAuth parameters (SPEC §5); out-of-range values raise ValueError."""
+
+    oauth_refresh_login: bool = False
+    access_token_minutes: int = 60
+    refresh_token_days: int = 60
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.access_token_minutes <= 1440:
+            raise ValueError(
+                f"access token lifetime must be 1-1440 minutes, got {self.access_token_minutes}"
+            )
+        if not 1 <= self.refresh_token_days <= 365:
+            raise ValueError(
+                f"refresh token lifetime must be 1-365 days, got {self.refresh_token_days}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class UcService:
+    """A UC service; only the ``client-configuration`` type exists so far. ``params`` are the
+    client configuration keys, e.g. ``{"LocalPushSSIDList": "Ward4;Ward5"}``."""
+
+    id: str
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+    type: str = "client-configuration"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceProfile:
+    id: str
+    name: str
+    ucservice_ids: tuple[str, ...] = ()  # in the order their parameters are merged
+
+
+@dataclass(frozen=True, slots=True)
+class EndUser:
+    """A person signing in from the mobile app. ``password_hash`` is a self-describing scrypt
+    string (see ``ucpush.signin.passwords``); the password itself is never stored."""
+
+    id: str
+    username: str
+    password_hash: str
+    created_at: datetime
+    display_name: str = ""
+    profile_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRefreshToken:
+    token_hash: str  # sha256 hex; the token itself is never stored
+    user_id: str
+    device_id: str  # the client's device id given at sign-in ("" if none)
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A user's app installation and where to push it.
+
+    ``push_key`` is the 256-bit AES key payloads are encrypted with (SPEC §5); after a rotation
+    the previous key stays valid until ``previous_key_until`` so pushes already encrypted with it
+    still open. ``sip_instance_id`` / ``pn_prid`` link the device to its SIP binding.
+    """
+
+    id: str
+    user_id: str
+    platform: Platform
+    service: str  # subscriber service: APNS, APNS:dev, ..., FCM, FCM:dev
+    push_token: str
+    push_key: bytes
+    push_key_id: str
+    created_at: datetime
+    updated_at: datetime
+    previous_push_key: bytes = b""
+    previous_push_key_id: str = ""
+    previous_key_until: datetime | None = None
+    single_channel: bool = False
+    china_region: bool = False
+    callkit: bool = True
+    sip_instance_id: str = ""
+    pn_prid: str = ""
+    push_state: PushState = PushState.ACTIVE
+    signed_out_at: datetime | None = None
+
+    def valid_keys(self, now: datetime) -> dict[str, bytes]:
+        """Key id → key of every key a payload may be encrypted with at ``now``."""
+        keys = {self.push_key_id: self.push_key}
+        if self.previous_push_key and self.previous_key_until and now < self.previous_key_until:
+            keys[self.previous_push_key_id] = self.previous_push_key
+        return keys
+
+
+class SigninRepository(Protocol):
+    # enterprise parameters
+    async def get_enterprise(self) -> EnterpriseParams: ...  # defaults until first set
+    async def set_enterprise(self, params: EnterpriseParams, now: datetime) -> int:
+        """Store ``params``; when refresh login is off, revoke every refresh token in the same
+        transaction. Return how many were revoked."""
+        ...
+
+    # UC services and service profiles
+    async def add_ucservice(self, service: UcService) -> None: ...  # Conflict on duplicate name
+    async def get_ucservice_by_name(self, name: str) -> UcService: ...  # NotFound
+    async def list_ucservices(self) -> list[UcService]: ...
+    async def set_ucservice_params(self, service_id: str, params: dict[str, str]) -> None: ...
+    async def add_profile(self, profile: ServiceProfile) -> None:
+        """Conflict on duplicate name, NotFound if a UC service is missing."""
+        ...
+
+    async def get_profile_by_name(self, name: str) -> ServiceProfile: ...  # NotFound
+    async def list_profiles(self) -> list[ServiceProfile]: ...
+    async def profile_ucservices(self, profile_id: str) -> list[UcService]:
+        """The profile's UC services in profile order; NotFound if the profile is missing."""
+        ...
+
+    # end users
+    async def add_user(self, user: EndUser) -> None: ...  # Conflict on duplicate username
+    async def get_user(self, user_id: str) -> EndUser: ...  # NotFound
+    async def get_user_by_name(self, username: str) -> EndUser: ...  # NotFound
+    async def list_users(self) -> list[EndUser]: ...
+    async def set_user_profile(self, user_id: str, profile_id: str | None) -> None: ...
+    async def delete_user(self, user_id: str) -> None:
+        """NotFound if missing; the user's devices and refresh tokens go too."""
+        ...
+
+    # refresh tokens
+    async def add_refresh_token(self, token: ClientRefreshToken) -> None: ...
+    async def get_refresh_token(self, token_hash: str) -> ClientRefreshToken: ...  # NotFound
+    async def revoke_refresh_token(self, token_hash: str, now: datetime) -> bool:
+        """Revoke one token; False if it was already revoked (a replayed refresh token)."""
+        ...
+
+    async def revoke_device_refresh_tokens(
+        self, user_id: str, device_id: str, now: datetime
+    ) -> int:
+        """Revoke the user's unrevoked tokens issued to ``device_id``; return how many."""
+        ...
+
+    # devices
+    async def put_device(self, device: Device) -> None: ...  # insert or replace by id
+    async def get_device(self, device_id: str) -> Device: ...  # NotFound
+    async def list_devices(self, user_id: str | None = None) -> list[Device]: ...
+    async def set_push_state(self, device_id: str, state: PushState, now: datetime) -> None:
+        """NotFound if missing; SIGNED_OUT also stamps ``signed_out_at``."""
+        ...
+
+    async def delete_device(self, device_id: str) -> None: ...  # NotFound

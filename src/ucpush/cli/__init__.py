@@ -66,5 +66,13 @@ def up(ctx: typer.Context) -> None:
     run_up(settings_from(ctx))
 
 
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run the call node's SIP service: registrar (or gateway to a PBX) and proxy ([sip])."""
+    from ucpush.sip.server import run_serve
+
+    run_serve(settings_from(ctx))
+
+
 def main() -> None:
     app()

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,6 +74,42 @@ class SimSettings(Section):
     tls: bool = False
 
 
+class SipSettings(Section):
+    host: str = "127.0.0.1"
+    # Address put in Via, Record-Route and Path; empty = host (must be set when host is 0.0.0.0).
+    advertise: str = ""
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp", "tls"]
+    udp_port: int = Field(5060, ge=0, le=65535)
+    tcp_port: int = Field(5060, ge=0, le=65535)
+    tls_port: int = Field(5061, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Extra CA bundle trusted for outbound TLS (e.g. the upstream PBX's private CA).
+    tls_ca_file: str = ""
+    domains: list[str] = []
+    realm: str = ""
+    authenticate: bool = True
+    # Challenge order; some UAs (SIPp, older phones) answer only the first, and only MD5.
+    digest_algorithms: list[Literal["SHA-256", "MD5"]] = Field(["SHA-256", "MD5"], min_length=1)
+    mode: Literal["registrar", "gateway"] = "registrar"
+    upstream: str = ""
+    min_expires: int = Field(60, ge=1)
+    max_expires: int = Field(3600, ge=1)
+    push_providers: list[str] = ["apns", "fcm"]
+    invite_timeout: float = Field(180.0, gt=0, description="seconds (Timer C)")
+    max_message_size: int = Field(65535, ge=1500, le=1 << 20)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SipSettings:
+        if self.min_expires > self.max_expires:
+            raise ValueError("min_expires must not exceed max_expires")
+        if self.mode == "gateway" and not self.upstream:
+            raise ValueError("gateway mode needs upstream")
+        if self.host in ("0.0.0.0", "::") and not self.advertise:
+            raise ValueError("listening on every address needs advertise")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -86,6 +122,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     relay: RelaySettings = RelaySettings()
     sim: SimSettings = SimSettings()
+    sip: SipSettings = SipSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -1,0 +1,577 @@
+"""The call node's SIP service (``ucpush serve``): listeners, transactions, registrar, proxy.
+
+``SipNode`` is the transaction user on top of ``TransactionDriver``: it sends REGISTERs to the
+registrar (``registrar`` mode) or relays them to the upstream PBX with a Path header
+(``gateway`` mode, the Flexisip push-gateway pattern: the PBX keeps the registrations, we keep
+each device's contact, flow and pn-* parameters so INVITEs the PBX routes back through us reach
+the device), and proxies everything else through ``ProxyCore``/``ForkContext``, carrying out
+their actions: new client transactions per branch, CANCELs on the branch's flow, responses on
+the server transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ucpush import aio
+from ucpush.config import Settings, SipSettings
+from ucpush.logging import configure_logging, get_logger
+from ucpush.sip.digest import DigestAuth
+from ucpush.sip.driver import TransactionDriver, response_flow
+from ucpush.sip.errors import SipParseError
+from ucpush.sip.helpers import make_response, new_tag
+from ucpush.sip.message import SipRequest, SipResponse
+from ucpush.sip.proxy import (
+    Cancel,
+    ForkContext,
+    Forward,
+    LocationService,
+    ProxyAction,
+    ProxyConfig,
+    ProxyCore,
+    PushHandler,
+    RequestError,
+    Respond,
+    Target,
+)
+from ucpush.sip.registrar import (
+    Registrar,
+    RegistrarConfig,
+    RegistrarService,
+    RegistrarStorage,
+    Source,
+    canonical_aor,
+    push_params_match,
+)
+from ucpush.sip.resolve import Flow, Hop, next_hop, numeric_flow, resolve
+from ucpush.sip.transaction import (
+    ClientTransaction,
+    ServerInviteTransaction,
+    ServerTransaction,
+    State,
+    TimerConfig,
+)
+from ucpush.sip.transport import SipTransport
+from ucpush.sip.uri import SipURI, parse_uri
+from ucpush.store import open_store
+from ucpush.store.repository import Binding
+
+log = get_logger(__name__)
+
+DIGEST_SECRET_FILE = "sip-digest.key"
+SWEEP_INTERVAL = 60.0
+_TIMERS = TimerConfig()
+# Gateway mode stores whatever lifetime the upstream granted; these only bound nonsense.
+_GATEWAY_REGISTRAR = RegistrarConfig(
+    min_expires=1, default_expires=3600, max_expires=86400, push_min_expires=121
+)
+
+
+class StoredLocations:
+    """``LocationService`` over the registrar's storage: the AOR's unexpired bindings."""
+
+    def __init__(self, repository: RegistrarStorage) -> None:
+        self.repository = repository
+
+    async def lookup(self, aor: str) -> Sequence[Binding]:
+        now = datetime.now(UTC)
+        return [b for b in await self.repository.list_bindings(aor) if b.expires_at > now]
+
+
+def _source_flow(binding: Binding) -> Flow | None:
+    if binding.source_transport not in ("UDP", "TCP", "TLS") or not binding.source_port:
+        return None
+    return Flow(binding.source_transport, binding.source_host, binding.source_port)
+
+
+class SipNode:
+    """One SIP node. ``start()`` opens the listeners, ``close()`` stops everything."""
+
+    def __init__(
+        self,
+        settings: SipSettings,
+        repository: RegistrarStorage,
+        *,
+        digest_secret: bytes,
+        push: PushHandler | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        timers: TimerConfig = _TIMERS,
+    ) -> None:
+        self.settings = settings
+        self.push = push
+        self.locations: LocationService = StoredLocations(repository)
+        self.transport = SipTransport(
+            self._receive, max_message_size=settings.max_message_size, client_ssl=client_ssl
+        )
+        self.driver = TransactionDriver(self.transport, timers)
+        self.driver.tu = self
+        domains = frozenset(d.lower() for d in settings.domains)
+        self._domains = domains
+        realm = settings.realm or (settings.domains[0] if settings.domains else settings.host)
+        auth = None
+        if settings.authenticate:
+            algorithms = tuple(dict.fromkeys(settings.digest_algorithms))
+            auth = DigestAuth(digest_secret, realm, algorithms=algorithms)
+        registrar_config = RegistrarConfig(
+            realm=realm,
+            domains=domains,
+            min_expires=settings.min_expires,
+            max_expires=settings.max_expires,
+            default_expires=settings.max_expires,
+            push_providers=frozenset(settings.push_providers),
+            push_min_expires=max(121, min(240, settings.max_expires)),
+        )
+        if settings.mode == "gateway":
+            registrar_config = _GATEWAY_REGISTRAR
+            auth = None  # the upstream authenticates its users
+        self.registrar = RegistrarService(Registrar(registrar_config, auth), repository)
+        self.upstream: SipURI | None = None
+        if settings.upstream:
+            upstream = parse_uri(settings.upstream)
+            if not isinstance(upstream, SipURI):
+                raise ValueError("upstream must be a sip: or sips: URI")
+            self.upstream = upstream
+        self.core: ProxyCore | None = None
+        self._contexts: dict[int, ForkContext] = {}  # id(server tx) -> context
+        self._expiry: dict[int, asyncio.TimerHandle] = {}
+        self._branches: dict[int, tuple[ForkContext, ServerTransaction, str]] = {}
+        self._branch_tx: dict[str, ClientTransaction] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled: set[int] = set()  # server txs CANCELled while a lookup was pending
+        self._gateway_registers: dict[int, SipRequest] = {}  # id(context) -> REGISTER as received
+
+    # life cycle
+
+    async def start(self) -> None:
+        s = self.settings
+        if "udp" in s.transports:
+            await self.transport.listen_udp(s.host, s.udp_port)
+        if "tcp" in s.transports:
+            await self.transport.listen_stream(s.host, s.tcp_port)
+        if "tls" in s.transports and s.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(s.tls_cert, s.tls_key or None)
+            await self.transport.listen_stream(s.host, s.tls_port, tls=tls)
+        elif "tls" in s.transports:
+            log.warning("sip.tls_disabled", reason="no tls_cert configured")
+        if not self.transport.local:
+            raise ValueError("no SIP transport enabled")
+        advertise = s.advertise or s.host
+        local = {name: (advertise, port) for name, (_, port) in self.transport.local.items()}
+        aliases = frozenset({s.host, advertise, *(h for h, _ in self.transport.local.values())})
+        self.core = ProxyCore(ProxyConfig(local=local, domains=self._domains, aliases=aliases))
+        if self.settings.mode == "registrar":
+            self._spawn(self._sweep())
+        log.info("sip.started", mode=s.mode, listening=self.transport.local)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for handle in self._expiry.values():
+            handle.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sip.task_failed", error=repr(task.exception()))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            await self.registrar.sweep(datetime.now(UTC))
+
+    # transport -> transactions
+
+    def _receive(self, message: SipRequest | SipResponse, flow: Flow) -> None:
+        self.driver.receive(message, flow)
+
+    # TransactionUser
+
+    def on_request(self, request: SipRequest, tx: ServerTransaction | None, flow: Flow) -> None:
+        assert self.core is not None
+        if tx is None:  # ACK for a 2xx: end to end, forwarded statelessly
+            self._forward_ack(request, flow)
+            return
+        if request.method == "CANCEL":
+            self._cancel(request, tx)
+            return
+        try:
+            self.core.check(request)
+            self._route(request, tx, flow)
+        except RequestError as exc:
+            self.driver.respond(tx, exc.response(request))
+        except SipParseError as exc:
+            self.driver.respond(tx, make_response(request, 400, exc.reason, to_tag=new_tag()))
+
+    def on_response(self, response: SipResponse, tx: ClientTransaction | None) -> None:
+        if tx is None:
+            self._forward_stray(response)
+            return
+        entry = self._branches.get(id(tx))
+        if entry is None:
+            # The context is gone: a retransmitted 2xx still goes upstream; responses to
+            # our CANCELs end here.
+            if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+                self._forward_stray(response)
+            return
+        ctx, server, branch = entry
+        if response.status >= 200 and not (200 <= response.status < 300 and ctx.invite):
+            self._branches.pop(id(tx), None)
+        self._run(ctx, server, ctx.on_response(branch, response))
+
+    def on_client_failure(self, tx: ClientTransaction, status: int) -> None:
+        entry = self._branches.pop(id(tx), None)
+        if entry is not None:
+            ctx, server, branch = entry
+            self._run(ctx, server, ctx.on_failure(branch, status))
+
+    # routing (RFC 3261 §16.4-16.5)
+
+    def _route(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
+        assert self.core is not None
+        request = request.copy()
+        popped = self.core.preprocess_routes(request)
+        gateway = self.settings.mode == "gateway"
+        if request.headers.get("Route"):
+            self._fork(request, tx, flow, [Target(request.uri)])  # loose routing
+        elif request.method == "REGISTER" and gateway:
+            self._relay_register(request, tx, flow)
+        elif request.method == "REGISTER":
+            self._spawn(self._guarded(tx, request, self._register(request, tx, flow)))
+        elif gateway and popped:
+            self._spawn(self._guarded(tx, request, self._to_device(request, tx, flow)))
+        elif request.to.tag is not None:
+            self._fork(request, tx, flow, [Target(request.uri)])
+        elif not gateway and self.core.serves(request.uri):
+            self._spawn(self._guarded(tx, request, self._locate(request, tx, flow)))
+        elif gateway:
+            self._fork(request, tx, flow, [Target(request.uri, routes=(self._upstream_route(),))])
+        else:
+            raise RequestError(404, "Domain not served here")
+
+    async def _guarded(
+        self, tx: ServerTransaction, request: SipRequest, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """A failed lookup (database down...) still gets the caller an answer."""
+        try:
+            await work
+        except Exception:
+            log.exception("sip.request_failed", method=request.method, call_id=request.call_id)
+            self._reply(tx, request, 500)
+
+    def _upstream_route(self) -> str:
+        assert self.upstream is not None
+        return f"<{self.upstream.with_param('lr', None)}>"
+
+    def _target(self, binding: Binding) -> Target | None:
+        """The branch for a binding, or None when only a push can reach it: a push binding
+        whose registered connection is gone (the app is in the background)."""
+        try:
+            uri = parse_uri(binding.contact)
+        except SipParseError:
+            return None
+        source = _source_flow(binding)
+        flow: Flow | None = None
+        if source is not None and source.reliable:
+            # Reuse the device's connection (it may not accept new ones, e.g. behind NAT).
+            if self.transport.has_flow(source):
+                flow = source
+            elif binding.push_enabled:
+                return None
+        elif source is not None and binding.reg_id is not None:
+            flow = source  # RFC 5626 outbound over UDP: the registered flow, not the contact
+        q = 1.0 if binding.q is None else binding.q
+        return Target(uri, q, flow, binding.path)
+
+    async def _targets(
+        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
+    ) -> list[Target] | None:
+        """Targets of ``bindings``, asking the push handler for push-only ones; None when
+        none is reachable."""
+        reachable = {b.id: self._target(b) for b in bindings}
+        targets = [t for t in reachable.values() if t is not None]
+        push_only = [b for b in bindings if reachable[b.id] is None and b.push_enabled]
+        if not targets and push_only and self.push is not None:
+            woken = await self.push.on_unreachable(request, aor, push_only)
+            targets = [t for b in woken if (t := self._target(b)) is not None]
+        return targets or None
+
+    async def _locate(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
+        aor = canonical_aor(request.uri)
+        bindings = await self.locations.lookup(aor)
+        if id(tx) in self._cancelled:
+            return
+        if not bindings:
+            self._reply(tx, request, 404)
+            return
+        targets = await self._targets(request, aor, bindings)
+        if id(tx) in self._cancelled:
+            return
+        if targets is None:
+            self._reply(tx, request, 480)
+            return
+        self._fork(request, tx, flow, targets)
+
+    async def _to_device(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
+        """Gateway mode: the PBX routed a request through our Path to a device contact."""
+        uri = request.uri
+        try:
+            aor = canonical_aor(request.to.uri)
+        except ValueError:
+            self._fork(request, tx, flow, [Target(uri)])
+            return
+        bindings = [b for b in await self.locations.lookup(aor) if push_params_match(uri, b)]
+        if not bindings:
+            # Not one of our devices: in a dialog straight on, else via the PBX.
+            routes = () if request.to.tag is not None else (self._upstream_route(),)
+            self._fork(request, tx, flow, [Target(uri, routes=routes)])
+            return
+        targets = await self._targets(request, aor, bindings)
+        if id(tx) in self._cancelled:
+            return
+        if targets is None:
+            self._reply(tx, request, 480)
+            return
+        self._fork(request, tx, flow, targets)
+
+    def _reply(self, tx: ServerTransaction, request: SipRequest, status: int) -> None:
+        self._cancelled.discard(id(tx))
+        self.driver.respond(tx, make_response(request, status, to_tag=new_tag()))
+
+    # registrar
+
+    async def _register(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
+        source = Source(flow.transport, flow.host, flow.port)
+        outcome = await self.registrar.register(request, source=source, now=datetime.now(UTC))
+        if outcome.reason != "ok" and outcome.response.status != 401:
+            log.info("sip.register.refused", aor=outcome.aor, reason=outcome.reason)
+        self.driver.respond(tx, outcome.response)
+
+    def _relay_register(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
+        """Gateway mode: REGISTER goes upstream with our Path (RFC 3327) so the PBX routes the
+        device's calls back through us; the 2xx makes us store the binding."""
+        assert self.core is not None and self.upstream is not None
+        relayed = request.copy()
+        hop = next_hop(self.upstream)
+        relayed.headers.prepend("Path", self.core.record_route_value(hop.transport))
+        providers = {
+            c.uri.pn_params.get("pn-provider")
+            for c in request.contacts
+            if isinstance(c.uri, SipURI)
+        }
+        for provider in sorted(p for p in providers if p in self.settings.push_providers):
+            # RFC 8599 §5.4: tell the registrar (and proxies) that we push for this PNS.
+            relayed.headers.add("Feature-Caps", f'*;+sip.pns="{provider}"')
+        ctx = self._fork(relayed, tx, flow, [Target(request.uri, routes=(self._upstream_route(),))])
+        if ctx is not None:
+            self._gateway_registers[id(ctx)] = request
+
+    async def _store_gateway_binding(
+        self, request: SipRequest, response: SipResponse, flow: Flow
+    ) -> None:
+        """Keep the device's contact as the upstream granted it: each Contact's lifetime is
+        the one in the 2xx (RFC 3261 §10.3 step 8 lists them), else the one requested."""
+        copy = request.copy()
+        if not request.contact_wildcard:
+            granted = response.contacts
+            copy.headers.remove("Contact")
+            for contact in request.contacts:
+                match = next((c for c in granted if c.uri.equivalent(contact.uri)), None)
+                expires = match.expires if match is not None else None
+                if expires is None:
+                    expires = contact.expires
+                if expires is None:
+                    expires = response.expires if response.expires is not None else request.expires
+                value = contact if expires is None else contact.with_param("expires", str(expires))
+                copy.headers.add("Contact", str(value))
+        source = Source(flow.transport, flow.host, flow.port)
+        outcome = await self.registrar.register(copy, source=source, now=datetime.now(UTC))
+        if outcome.reason != "ok":
+            log.info("sip.gateway.binding_not_kept", aor=outcome.aor, reason=outcome.reason)
+
+    # proxying
+
+    def _fork(
+        self, request: SipRequest, tx: ServerTransaction, flow: Flow, targets: list[Target]
+    ) -> ForkContext | None:
+        assert self.core is not None
+        if id(tx) in self._cancelled or tx.terminated:
+            self._cancelled.discard(id(tx))
+            return None
+        ctx = ForkContext(self.core, request, flow, targets)
+        self._contexts[id(tx)] = ctx
+        if ctx.invite:
+            loop = asyncio.get_running_loop()
+            self._expiry[id(tx)] = loop.call_later(
+                self.settings.invite_timeout, lambda: self._run(ctx, tx, ctx.expire())
+            )
+        self._run(ctx, tx, ctx.start())
+        return ctx
+
+    def _run(self, ctx: ForkContext, tx: ServerTransaction, actions: list[ProxyAction]) -> None:
+        for action in actions:
+            if isinstance(action, Forward):
+                self._send_branch(ctx, tx, action)
+            elif isinstance(action, Cancel):
+                client = self._branch_tx.get(action.branch)
+                where = self.driver.client_flow(client) if client is not None else None
+                if where is not None:
+                    self.driver.send_request(action.request, where[0], server_name=where[1])
+            elif isinstance(action, Respond):
+                self._respond(ctx, tx, action.response)
+        if ctx.finished:
+            self._forget(ctx, tx)
+
+    def _respond(self, ctx: ForkContext, tx: ServerTransaction, response: SipResponse) -> None:
+        request = self._gateway_registers.pop(id(ctx), None)
+        if request is not None and 200 <= response.status < 300:
+            flow = self.driver.flow_of(tx)
+            if flow is not None:
+                self._spawn(self._store_gateway_binding(request, response, flow))
+        self.driver.respond(tx, response)
+
+    def _forget(self, ctx: ForkContext, tx: ServerTransaction) -> None:
+        if self._contexts.get(id(tx)) is ctx:
+            del self._contexts[id(tx)]
+        handle = self._expiry.pop(id(tx), None)
+        if handle is not None:
+            handle.cancel()
+        self._gateway_registers.pop(id(ctx), None)
+        for branch in ctx.branches:
+            client = self._branch_tx.pop(branch, None)
+            if client is not None:
+                self._branches.pop(id(client), None)
+
+    def _send_branch(self, ctx: ForkContext, tx: ServerTransaction, action: Forward) -> None:
+        flow = action.flow or numeric_flow(action.hop)
+        if flow is not None:
+            self._start_branch(ctx, tx, action, flow)
+        else:
+            self._spawn(self._resolve_branch(ctx, tx, action))
+
+    async def _resolve_branch(
+        self, ctx: ForkContext, tx: ServerTransaction, action: Forward
+    ) -> None:
+        try:
+            flows = await resolve(action.hop)
+        except OSError:
+            flows = []
+        if not flows:
+            self._run(ctx, tx, ctx.on_failure(action.branch, 503))
+            return
+        self._start_branch(ctx, tx, action, flows[0])
+
+    def _start_branch(
+        self, ctx: ForkContext, tx: ServerTransaction, action: Forward, flow: Flow
+    ) -> None:
+        branch = action.branch
+        server_name = action.hop.host if flow.transport == "TLS" else None
+        client = self.driver.send_request(action.request, flow, server_name=server_name)
+        if client.terminated:
+            return  # failed at once; on_client_failure already ran
+        self._branches[id(client)] = (ctx, tx, branch)
+        self._branch_tx[branch] = client
+
+    def _cancel(self, cancel: SipRequest, tx: ServerTransaction) -> None:
+        """§16.10: answer the CANCEL, then cancel the branches (or the pending lookup)."""
+        invite = self.driver.layer.invite_for_cancel(cancel)
+        if invite is None:
+            self.driver.respond(tx, make_response(cancel, 481, to_tag=new_tag()))
+            return
+        self.driver.respond(tx, make_response(cancel, 200, to_tag=new_tag()))
+        ctx = self._contexts.get(id(invite))
+        if ctx is not None:
+            self._run(ctx, invite, ctx.cancel())
+        elif isinstance(invite, ServerInviteTransaction) and invite.state is State.PROCEEDING:
+            # Still looking the targets up (or waiting for a push): answer for them.
+            self._cancelled.add(id(invite))
+            self.driver.respond(invite, make_response(invite.request, 487, to_tag=new_tag()))
+
+    def _forward_ack(self, request: SipRequest, flow: Flow) -> None:
+        assert self.core is not None
+        request = request.copy()
+        try:
+            self.core.check(request)
+            self.core.preprocess_routes(request)
+            forward = self.core.stateless(request, flow)
+        except (RequestError, SipParseError):
+            return  # an ACK is never answered
+        target = forward.flow or numeric_flow(forward.hop)
+        if target is not None:
+            self.driver.send_stateless(forward.request, target)
+        else:
+            self._spawn(self._send_resolved(forward.request, forward.hop))
+
+    async def _send_resolved(self, message: SipRequest, hop: Hop) -> None:
+        with contextlib.suppress(OSError):
+            flows = await resolve(hop)
+            if flows:
+                self.driver.send_stateless(message, flows[0], server_name=hop.host)
+
+    def _forward_stray(self, response: SipResponse) -> None:
+        assert self.core is not None
+        out = self.core.stray_response(response)
+        if out is None:
+            return
+        via = out.top_via
+        flow = response_flow(via, Flow(via.transport, via.received or via.host, 0), self.transport)
+        self.driver.send_stateless(out, flow)
+
+
+def digest_secret(data_dir: Path) -> bytes:
+    """The nonce key of this node, made on first start (0600 in ``data_dir``). Nodes of one
+    cluster can share the file so any of them accepts the others' nonces."""
+    path = data_dir / DIGEST_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return path.read_bytes()
+
+
+def _client_ssl(settings: SipSettings) -> ssl.SSLContext | None:
+    if not settings.tls_ca_file:
+        return None
+    return ssl.create_default_context(cafile=settings.tls_ca_file)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the SIP node until SIGINT/SIGTERM."""
+    async with await open_store(settings.store_url) as store:
+        node = SipNode(
+            settings.sip,
+            store.sip,
+            digest_secret=digest_secret(settings.data_dir),
+            client_ssl=_client_ssl(settings.sip),
+        )
+        await node.start()
+        try:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await node.close()
+
+
+def run_serve(settings: Settings) -> None:
+    configure_logging(settings.log)
+    with contextlib.suppress(KeyboardInterrupt):
+        aio.run(serve(settings))

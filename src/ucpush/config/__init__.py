@@ -110,6 +110,27 @@ class SipSettings(Section):
         return self
 
 
+class SigninSettings(Section):
+    # HS256 key for client access tokens, shared by the nodes of a group; empty =
+    # <data_dir>/signin-secret, created on first start.
+    secret_file: str = ""
+    issuer: str = "ucpush"
+    push_key_grace: int = Field(86400, ge=0, description="seconds")
+    max_body_bytes: int = Field(16384, ge=1024)
+
+
+class LpnsSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9560, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    keepalive_seconds: float = Field(120.0, gt=0)
+    hello_timeout: float = Field(10.0, gt=0)
+    ack_timeout: float = Field(2.0, gt=0)
+    max_message_bytes: int = Field(8192, ge=512, le=1 << 20)
+    max_sessions: int = Field(50000, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -123,6 +144,8 @@ class Settings(BaseSettings):
     relay: RelaySettings = RelaySettings()
     sim: SimSettings = SimSettings()
     sip: SipSettings = SipSettings()
+    signin: SigninSettings = SigninSettings()
+    lpns: LpnsSettings = LpnsSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -1,0 +1,255 @@
+"""The whole node with our own transport as the peers: TLS devices (trustme), the push hook,
+unreachable contacts, and ``ucpush serve`` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.sip.sipp_harness import free_port
+from ucpush.config import SipSettings
+from ucpush.sip.helpers import make_response, new_branch, new_call_id, new_tag
+from ucpush.sip.message import SipRequest, SipResponse
+from ucpush.sip.resolve import Flow
+from ucpush.sip.server import SipNode
+from ucpush.sip.transport import SipTransport
+from ucpush.store import Store, open_store
+from ucpush.store.repository import Binding
+
+pytestmark = pytest.mark.timeout(30)
+DOMAIN = "example.org"
+
+
+class Peer:
+    """A minimal UA on our own transport: sends requests, collects what arrives."""
+
+    def __init__(self, client_ssl: ssl.SSLContext | None = None) -> None:
+        self.inbox: asyncio.Queue[tuple[SipRequest | SipResponse, Flow]] = asyncio.Queue()
+        self.transport = SipTransport(
+            lambda m, f: self.inbox.put_nowait((m, f)), client_ssl=client_ssl
+        )
+
+    async def next(self) -> tuple[SipRequest | SipResponse, Flow]:
+        return await asyncio.wait_for(self.inbox.get(), 5)
+
+    async def response(self, *skip: int) -> SipResponse:
+        while True:
+            message, _ = await self.next()
+            if isinstance(message, SipResponse) and message.status not in skip:
+                return message
+
+    def request(
+        self,
+        method: str,
+        uri: str,
+        transport: str,
+        *,
+        user: str = "alice",
+        to: str = "bob",
+        headers: Sequence[tuple[str, str]] = (),
+        call_id: str | None = None,
+    ) -> SipRequest:
+        host, port = self.transport.local[transport]
+        items = [
+            ("Via", f"SIP/2.0/{transport} {host}:{port};branch={new_branch()};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{user}@{DOMAIN}>;tag={new_tag()}"),
+            ("To", f"<sip:{to}@{DOMAIN}>"),
+            ("Call-ID", call_id or new_call_id()),
+            ("CSeq", f"1 {method}"),
+            *headers,
+        ]
+        return SipRequest(method, uri, items)
+
+
+def _node_flow(node: SipNode, transport: str) -> Flow:
+    host, port = node.transport.local[transport]
+    return Flow(transport, host, port)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    s = await open_store("sqlite+aiosqlite:///:memory:")
+    yield s
+    await s.close()
+
+
+async def start_node(store: Store, tmp_path: Path, ca: trustme.CA, **extra: object) -> SipNode:
+    cert = ca.issue_cert("127.0.0.1", "sip.example.test")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    values: dict[str, object] = {
+        "udp_port": 0,
+        "tcp_port": 0,
+        "tls_port": 0,
+        "tls_cert": str(cert_file),
+        "tls_key": str(key_file),
+        "domains": [DOMAIN],
+        "authenticate": False,
+    }
+    values.update(extra)
+    node = SipNode(SipSettings.model_validate(values), store.sip, digest_secret=b"k" * 32)
+    await node.start()
+    return node
+
+
+async def register(peer: Peer, node: SipNode, transport: str, contact_params: str = "") -> None:
+    host, port = peer.transport.local[transport]
+    contact = f"<sip:bob@{host}:{port};transport={transport.lower()}{contact_params}>"
+    request = peer.request(
+        "REGISTER",
+        f"sip:{DOMAIN}",
+        transport,
+        user="bob",
+        headers=[("Contact", contact), ("Expires", "600")],
+    )
+    peer.transport.send(request, _node_flow(node, transport), server_name="sip.example.test")
+    assert (await peer.response()).status == 200
+
+
+async def test_tls_device_gets_the_call_over_its_own_connection(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    device, caller = Peer(client_ssl), Peer()
+    # The device accepts no connections (behind NAT): it only has the one it opened.
+    await device.transport.listen_udp("127.0.0.1", 0)
+    device.transport.local["TLS"] = ("127.0.0.1", 9)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    try:
+        await register(device, node, "TLS")
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "UDP")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        assert (await caller.response()).status == 100
+        forwarded, flow = await device.next()
+        assert isinstance(forwarded, SipRequest) and forwarded.method == "INVITE"
+        assert flow == _node_flow(node, "TLS") and device.transport.connections == 1
+        assert forwarded.top_via.transport == "TLS"
+        # UDP in, TLS out: double Record-Route, each side reachable on its own transport.
+        assert [str(r.uri) for r in forwarded.record_routes] == [
+            f"sip:127.0.0.1:{node.transport.local['TLS'][1]};transport=tls;lr",
+            f"sip:127.0.0.1:{node.transport.local['UDP'][1]};transport=udp;lr",
+        ]
+        device.transport.send(make_response(forwarded, 200, to_tag="dev"), flow)
+        answer = await caller.response(100)
+        assert answer.status == 200 and answer.to.tag == "dev"
+        assert len(answer.vias) == 1
+    finally:
+        for t in (device.transport, caller.transport):
+            await t.close()
+        await node.close()
+
+
+class RecordingPush:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Binding]]] = []
+
+    async def on_unreachable(
+        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
+    ) -> Sequence[Binding]:
+        self.calls.append((aor, list(bindings)))
+        return []
+
+
+async def test_push_only_bindings_go_to_the_push_handler(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    node.push = push = RecordingPush()
+    device, caller = Peer(), Peer()
+    await device.transport.listen_stream("127.0.0.1", 0)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    try:
+        pn = ";pn-provider=fcm;pn-prid=tok1;pn-param=proj1"
+        await register(device, node, "TCP", pn)
+        await device.transport.close()  # the app went to the background: connection gone
+        await asyncio.sleep(0.05)
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "UDP")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        assert (await caller.response(100)).status == 480
+        ((aor, bindings),) = push.calls
+        assert aor == f"sip:bob@{DOMAIN}"
+        assert [(b.pn_provider, b.pn_prid) for b in bindings] == [("fcm", "tok1")]
+    finally:
+        await caller.transport.close()
+        await node.close()
+
+
+async def test_bindings_all_unreachable_is_480(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    device, caller = Peer(), Peer()
+    await device.transport.listen_stream("127.0.0.1", 0)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    try:
+        await register(device, node, "TCP")
+        await device.transport.close()  # nobody listens on the contact any more
+        invite = caller.request("MESSAGE", f"sip:bob@{DOMAIN}", "UDP")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        assert (await caller.response()).status == 480
+    finally:
+        await caller.transport.close()
+        await node.close()
+
+
+async def test_ucpush_serve_runs_and_stops(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "UCPUSH_CONFIG": str(tmp_path / "ucpush.toml"),
+        "UCPUSH_DATA_DIR": str(tmp_path / "var"),
+        "UCPUSH_LOG__FORMAT": "console",
+    }
+    (tmp_path / "ucpush.toml").write_text(
+        f'[sip]\ndomains = ["{DOMAIN}"]\nudp_port = {port}\ntcp_port = {port}\n'
+        'transports = ["udp", "tcp"]\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ucpush",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        request = (
+            f"OPTIONS sip:nobody@{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{sock.getsockname()[1]};branch=z9hG4bKserve;rport\r\n"
+            f"From: <sip:a@{DOMAIN}>;tag=1\r\nTo: <sip:nobody@{DOMAIN}>\r\n"
+            "Call-ID: serve-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        answer = b""
+        for _ in range(50):  # until the node listens
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 65535), 0.2)
+                break
+            except TimeoutError:
+                continue
+        assert answer.startswith(b"SIP/2.0 404 ")
+        assert (tmp_path / "var" / "sip-digest.key").stat().st_mode & 0o777 == 0o600
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        sock.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

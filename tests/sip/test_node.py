@@ -17,10 +17,11 @@ import trustme
 
 from tests.sip.sipp_harness import free_port
 from ucpush.config import SipSettings
-from ucpush.sip.helpers import make_response, new_branch, new_call_id, new_tag
+from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
 from ucpush.sip.resolve import Flow
 from ucpush.sip.server import SipNode
+from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
 from ucpush.store import Store, open_store
 from ucpush.store.repository import Binding
@@ -88,7 +89,13 @@ async def store() -> AsyncIterator[Store]:
     await s.close()
 
 
-async def start_node(store: Store, tmp_path: Path, ca: trustme.CA, **extra: object) -> SipNode:
+async def start_node(
+    store: Store,
+    tmp_path: Path,
+    ca: trustme.CA,
+    timers: TimerConfig | None = None,
+    **extra: object,
+) -> SipNode:
     cert = ca.issue_cert("127.0.0.1", "sip.example.test")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
@@ -103,7 +110,8 @@ async def start_node(store: Store, tmp_path: Path, ca: trustme.CA, **extra: obje
         "authenticate": False,
     }
     values.update(extra)
-    node = SipNode(SipSettings.model_validate(values), store.sip, digest_secret=b"k" * 32)
+    settings = SipSettings.model_validate(values)
+    node = SipNode(settings, store.sip, digest_secret=b"k" * 32, timers=timers or TimerConfig())
     await node.start()
     return node
 
@@ -201,6 +209,52 @@ async def test_bindings_all_unreachable_is_480(store, tmp_path, ca):
         assert (await caller.response()).status == 480
     finally:
         await caller.transport.close()
+        await node.close()
+
+
+async def test_options_to_the_node_itself(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    peer = Peer()
+    await peer.transport.listen_udp("127.0.0.1", 0)
+    try:
+        host, port = node.transport.local["UDP"]
+        for method, status in (("OPTIONS", 200), ("MESSAGE", 405)):
+            request = peer.request(method, f"sip:{host}:{port}", "UDP")
+            peer.transport.send(request, _node_flow(node, "UDP"))
+            response = await peer.response()
+            assert response.status == status and response.headers.get("Allow")
+    finally:
+        await peer.transport.close()
+        await node.close()
+
+
+async def test_branch_ignoring_cancel_is_given_up_after_64_t1(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca, TimerConfig(t1=0.02))
+    device, caller = Peer(), Peer()
+    await device.transport.listen_udp("127.0.0.1", 0)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    try:
+        await register(device, node, "UDP")
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "UDP")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        forwarded, flow = await device.next()
+        assert isinstance(forwarded, SipRequest)
+        device.transport.send(make_response(forwarded, 180, to_tag="dev"), flow)
+        assert (await caller.response(100)).status == 180
+        cancel = build_cancel(invite)
+        caller.transport.send(cancel, _node_flow(node, "UDP"))
+        statuses = {(await caller.response()).status for _ in range(2)}
+        assert statuses == {200, 487}
+        cancelled, _ = await device.next()  # and never answered
+        assert isinstance(cancelled, SipRequest) and cancelled.method == "CANCEL"
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not node.driver.layer.clients and not node._contexts:
+                break
+        assert not node.driver.layer.clients and not node._contexts and not node._branches
+    finally:
+        for t in (device.transport, caller.transport):
+            await t.close()
         await node.close()
 
 

@@ -111,6 +111,12 @@ class TransactionDriver:
         self._run(tx, actions, None)
         return tx
 
+    def abandon(self, tx: ClientTransaction) -> None:
+        """Drop a client transaction that will never complete (an INVITE branch that ignored
+        our CANCEL, RFC 3261 §9.1), without telling the TU."""
+        actions = self.layer.transport_error(tx)
+        self._run(tx, [a for a in actions if not isinstance(a, TransportError)], None)
+
     def send_stateless(
         self, message: SipRequest | SipResponse, flow: Flow, *, server_name: str | None = None
     ) -> None:

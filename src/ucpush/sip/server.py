@@ -69,6 +69,8 @@ log = get_logger(__name__)
 DIGEST_SECRET_FILE = "sip-digest.key"
 SWEEP_INTERVAL = 60.0
 _TIMERS = TimerConfig()
+# What may be sent through us (we proxy any method; this answers OPTIONS to the node).
+_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, UPDATE, REFER, NOTIFY"
 # Gateway mode stores whatever lifetime the upstream granted; these only bound nonsense.
 _GATEWAY_REGISTRAR = RegistrarConfig(
     min_expires=1, default_expires=3600, max_expires=86400, push_min_expires=121
@@ -142,6 +144,7 @@ class SipNode:
         self.core: ProxyCore | None = None
         self._contexts: dict[int, ForkContext] = {}  # id(server tx) -> context
         self._expiry: dict[int, asyncio.TimerHandle] = {}
+        self._timers: set[asyncio.TimerHandle] = set()  # CANCEL give-up timers
         self._branches: dict[int, tuple[ForkContext, ServerTransaction, str]] = {}
         self._branch_tx: dict[str, ClientTransaction] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,7 +178,7 @@ class SipNode:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for handle in self._expiry.values():
+        for handle in [*self._expiry.values(), *self._timers]:
             handle.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
@@ -253,16 +256,30 @@ class SipNode:
             self._relay_register(request, tx, flow)
         elif request.method == "REGISTER":
             self._spawn(self._guarded(tx, request, self._register(request, tx, flow)))
-        elif gateway and popped:
+        elif (
+            isinstance(request.uri, SipURI)
+            and request.uri.user is None
+            and self.core.is_ours(request.uri)
+        ):
+            self._answer_self(request, tx)
+        elif request.to.tag is not None or (gateway and popped):
+            # In a dialog (or routed to a device by the PBX): the Request-URI is a contact.
             self._spawn(self._guarded(tx, request, self._to_device(request, tx, flow)))
-        elif request.to.tag is not None:
-            self._fork(request, tx, flow, [Target(request.uri)])
         elif not gateway and self.core.serves(request.uri):
             self._spawn(self._guarded(tx, request, self._locate(request, tx, flow)))
         elif gateway:
             self._fork(request, tx, flow, [Target(request.uri, routes=(self._upstream_route(),))])
         else:
             raise RequestError(404, "Domain not served here")
+
+    def _answer_self(self, request: SipRequest, tx: ServerTransaction) -> None:
+        """A request addressed to the node itself: OPTIONS is a liveness probe (phones and
+        load balancers send them); nothing else is served here."""
+        if request.method != "OPTIONS":
+            raise RequestError(405, None, [("Allow", "OPTIONS")])
+        self.driver.respond(
+            tx, make_response(request, 200, to_tag=new_tag(), headers=[("Allow", _ALLOW)])
+        )
 
     async def _guarded(
         self, tx: ServerTransaction, request: SipRequest, work: Coroutine[Any, Any, None]
@@ -328,7 +345,8 @@ class SipNode:
         self._fork(request, tx, flow, targets)
 
     async def _to_device(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
-        """Gateway mode: the PBX routed a request through our Path to a device contact."""
+        """A request whose Request-URI is a contact: sent on that device's registered flow
+        when it is one of ours (or to the push handler when only a push reaches it)."""
         uri = request.uri
         try:
             aor = canonical_aor(request.to.uri)
@@ -428,14 +446,30 @@ class SipNode:
             if isinstance(action, Forward):
                 self._send_branch(ctx, tx, action)
             elif isinstance(action, Cancel):
-                client = self._branch_tx.get(action.branch)
-                where = self.driver.client_flow(client) if client is not None else None
-                if where is not None:
-                    self.driver.send_request(action.request, where[0], server_name=where[1])
+                self._send_cancel(ctx, tx, action)
             elif isinstance(action, Respond):
                 self._respond(ctx, tx, action.response)
         if ctx.finished:
             self._forget(ctx, tx)
+
+    def _send_cancel(self, ctx: ForkContext, tx: ServerTransaction, action: Cancel) -> None:
+        client = self._branch_tx.get(action.branch)
+        where = self.driver.client_flow(client) if client is not None else None
+        if client is None or where is None:
+            return
+        self.driver.send_request(action.request, where[0], server_name=where[1])
+        # §9.1: a branch that still has no final 64*T1 after our CANCEL is given up on, or
+        # its INVITE transaction (Proceeding has no timer) and this context would live on.
+        delay = 64 * self.driver.layer.timers.t1
+        self._timers.add(
+            asyncio.get_running_loop().call_later(delay, self._give_up, ctx, tx, client)
+        )
+
+    def _give_up(self, ctx: ForkContext, tx: ServerTransaction, client: ClientTransaction) -> None:
+        if self._branches.pop(id(client), None) is None:
+            return  # it answered in time
+        self.driver.abandon(client)
+        self._run(ctx, tx, ctx.on_failure(client.request.top_via.branch or "", 408))
 
     def _respond(self, ctx: ForkContext, tx: ServerTransaction, response: SipResponse) -> None:
         request = self._gateway_registers.pop(id(ctx), None)
@@ -507,7 +541,10 @@ class SipNode:
         request = request.copy()
         try:
             self.core.check(request)
-            self.core.preprocess_routes(request)
+            # We Record-Route every dialog, so an ACK for a 2xx names us in its Route; one
+            # that does not is a stray (e.g. for a non-2xx whose transaction is gone).
+            if not self.core.preprocess_routes(request):
+                return
             forward = self.core.stateless(request, flow)
         except (RequestError, SipParseError):
             return  # an ACK is never answered

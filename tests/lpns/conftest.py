@@ -97,6 +97,7 @@ def lpns_settings() -> LpnsSettings:
         ack_timeout=ACK_TIMEOUT,
         max_message_bytes=4096,
         max_sessions=100,
+        recheck_seconds=0.5,
     )
 
 

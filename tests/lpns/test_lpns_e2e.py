@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
@@ -17,6 +18,7 @@ from tests.lpns.conftest import ACK_TIMEOUT, KEEPALIVE, Node, closed_with
 from tests.signin.helpers import PUSH_KEY
 from ucpush.crypto.jwe import decrypt, encrypt
 from ucpush.lpns.service import LocalPushOutcome
+from ucpush.store.repository import PushState
 
 
 def counter(name: str) -> float:
@@ -193,6 +195,23 @@ async def test_user_deletion_closes_the_session(node: Node) -> None:
     ws = await node.session()
     await node.signin.delete_user("alice")
     assert await closed_with(ws) == (4410, "410 user deleted")
+
+
+async def test_changes_made_elsewhere_end_sessions_at_the_recheck(node: Node) -> None:
+    """Another node or the admin CLI changed the database: the periodic recheck notices."""
+    alice = await node.session()
+    bob = await node.session("bob", "iphone-2")
+    carol = await node.session("carol", "iphone-3")
+    await node.signin.repo.delete_user((await node.signin.repo.get_user_by_name("bob")).id)
+    await node.signin.repo.set_push_state("iphone-3", PushState.SIGNED_OUT, datetime.now(UTC))
+    await node.signin.set_ucservice_params("lpns-wards", {"LocalPushSSIDList": "Ward5"})
+    started = time.monotonic()
+    assert await closed_with(bob) == (4410, "410 user deleted")
+    assert await closed_with(carol) == (4410, "410 signed out")
+    assert await closed_with(alice) == (4403, "403 SSID not provisioned for local push")
+    assert time.monotonic() - started < 2
+    assert node.lpns.session_count == 0
+    assert await node.lpns.recheck() == 0
 
 
 async def test_moving_to_an_unprovisioned_ssid_closes_the_session(node: Node) -> None:

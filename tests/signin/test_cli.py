@@ -36,6 +36,8 @@ def test_admin_flow(data_dir: Path) -> None:
     assert "oauth_refresh_login=on access_token_minutes=30 refresh_token_days=60" in out
     ok("ucservice", "add", "--name", "wards", "--param", "LocalPushSSIDList=Ward4;Ward5")
     assert "LocalPushSSIDList=Ward4;Ward5" in ok("ucservice", "list")
+    ok("ucservice", "set", "--name", "wards", "--param", "LocalPushSSIDList=Ward6")
+    assert "LocalPushSSIDList=Ward6" in ok("ucservice", "list")
     ok("profile", "add", "--name", "nurses", "--ucservice", "wards")
     assert "wards" in ok("profile", "list")
     ok("user", "add", "alice", "--password", "pw", "--display-name", "Alice A")
@@ -60,6 +62,7 @@ def test_admin_flow(data_dir: Path) -> None:
         (("enterprise", "set", "--refresh-token-days", "400"), "1-365 days, got 400"),
         (("ucservice", "add", "--name", "x", "--param", "LocalPushSSIDList=a b"), "SSID 1"),
         (("ucservice", "add", "--name", "x", "--param", "novalue"), "use KEY=VALUE"),
+        (("ucservice", "set", "--name", "nope", "--param", "A=b"), "no UC service 'nope'"),
         (("profile", "add", "--name", "p", "--ucservice", "missing"), "no UC service 'missing'"),
         (("user", "delete", "nobody"), "no user 'nobody'"),
         (("user", "set-profile", "nobody", "--profile", ""), "no user 'nobody'"),

@@ -129,6 +129,9 @@ class LpnsSettings(Section):
     ack_timeout: float = Field(2.0, gt=0)
     max_message_bytes: int = Field(8192, ge=512, le=1 << 20)
     max_sessions: int = Field(50000, ge=1)
+    # Sessions are re-checked against the store this often: catches sign-outs and deletions
+    # made by another node or the admin CLI, and SSID lists changed under a session.
+    recheck_seconds: float = Field(30.0, gt=0)
 
 
 class Settings(BaseSettings):

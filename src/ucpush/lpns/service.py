@@ -64,6 +64,13 @@ class Authorizer(Protocol):
         """The grant, or ``LocalPushRefused`` with the close code."""
         ...
 
+    async def recheck_local_push(
+        self, sessions: list[tuple[LocalPushGrant, str]]
+    ) -> dict[str, tuple[int, str]]:
+        """For (grant, current SSID) pairs: device id → (close code, reason) of the sessions
+        that must end now."""
+        ...
+
 
 class LocalPushOutcome(StrEnum):
     DELIVERED = "delivered"  # the device acknowledged it
@@ -114,6 +121,7 @@ class LpnsService:
         self._connections: set[_Connection] = set()
         self._by_device: dict[str, _Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recheck: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: LpnsSettings, authorizer: Authorizer) -> LpnsService:
@@ -143,12 +151,17 @@ class LpnsService:
         except OSError as exc:
             raise_alarm("LocalPushStartFailed", "ALERT", error=str(exc))
             raise
+        self._recheck = asyncio.get_running_loop().create_task(self._recheck_forever())
         _log.info("lpns listening", url=self.url)
 
     async def stop(self) -> None:
         """Close every session (1001) and stop listening."""
         if self._server is None:
             return
+        if self._recheck is not None:
+            self._recheck.cancel()
+            await asyncio.gather(self._recheck, return_exceptions=True)
+            self._recheck = None
         for conn in list(self._connections):
             self._end(conn, CLOSE_SHUTDOWN, "node shutting down")
         # Also closes connections still in their opening handshake.
@@ -234,6 +247,29 @@ class LpnsService:
         for conn in matching:
             self._end(conn, CLOSE_ENDED, f"410 {reason}")
         return len(matching)
+
+    async def recheck(self) -> int:
+        """Check every live session against the store now; return how many were ended."""
+        live = list(self._by_device.values())
+        verdicts = await self._authorizer.recheck_local_push(
+            [(conn.session.grant, conn.session.ssid) for conn in live if conn.session.grant]
+        )
+        ended = 0
+        for conn in live:
+            grant = conn.session.grant
+            verdict = verdicts.get(grant.device_id) if grant else None
+            if verdict is not None and self._by_device.get(conn.device_id) is conn:
+                self._end(conn, *verdict)
+                ended += 1
+        return ended
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recheck_seconds)
+            try:
+                await self.recheck()
+            except Exception as exc:  # the database may be briefly away; try next round
+                _log.warning("lpns recheck failed", error=str(exc))
 
     def _end(self, conn: _Connection, code: int, reason: str) -> None:
         actions = conn.session.end(code, _truncate(reason))

@@ -1,7 +1,7 @@
 """``ucpush signin``: administer end users, enterprise parameters, UC services and profiles.
 
-These commands change the database directly; a running node notices deletions and
-configuration changes when the affected sessions next authenticate.
+These commands change the database directly; a running node's local push service notices
+deletions, sign-outs and configuration changes within ``[lpns] recheck_seconds``.
 """
 
 from __future__ import annotations
@@ -151,14 +151,33 @@ def ucservice_add(
     ] = None,
 ) -> None:
     """Add a UC service of type client configuration."""
+    params = _params(param)
+    _run(ctx, lambda s: s.add_ucservice(name, params))
+    console.print(f"UC service [bold]{name}[/] added")
+
+
+@ucservice_app.command("set")
+def ucservice_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="UC service name")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE, repeatable; replaces all parameters")
+    ] = None,
+) -> None:
+    """Replace a UC service's parameters (running nodes apply it within [lpns] recheck_seconds)."""
+    params = _params(param)
+    _run(ctx, lambda s: s.set_ucservice_params(name, params))
+    console.print(f"UC service [bold]{name}[/] updated")
+
+
+def _params(items: list[str] | None) -> dict[str, str]:
     params = {}
-    for item in param or []:
+    for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
             fail(f"--param {key or item!r}: use KEY=VALUE")
         params[key] = value
-    _run(ctx, lambda s: s.add_ucservice(name, params))
-    console.print(f"UC service [bold]{name}[/] added")
+    return params
 
 
 @ucservice_app.command("list")

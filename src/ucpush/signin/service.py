@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Protocol
 
 from ucpush.config import Settings
-from ucpush.lpns.session import LocalPushGrant, LocalPushRefused
+from ucpush.lpns.session import (
+    CLOSE_ENDED,
+    CLOSE_FORBIDDEN,
+    LocalPushGrant,
+    LocalPushRefused,
+)
 from ucpush.signin import clientconfig
 from ucpush.signin.passwords import hash_password, verify_password
 from ucpush.signin.tokens import AccessClaims, TokenError, TokenSigner, load_or_create_secret
@@ -328,6 +333,42 @@ class SigninService:
             raise LocalPushRefused(4403, "403 SSID not provisioned for local push")
         return LocalPushGrant(user.id, device_id, frozenset(ssids), float(claims.expires_at))
 
+    async def recheck_local_push(
+        self, sessions: list[tuple[LocalPushGrant, str]]
+    ) -> dict[str, tuple[int, str]]:
+        """For (grant, current SSID) pairs: device id → (close code, reason) of the sessions
+        that must end now (user or device deleted, signed out, SSID no longer provisioned)."""
+        if not sessions:
+            return {}
+        # Whole-table reads: one query each per round, however many sessions there are.
+        # Devices first: a user deleted between the two reads is then reported as such.
+        devices = {d.id: d for d in await self.repo.list_devices()}
+        users = {u.id: u for u in await self.repo.list_users()}
+        ssids_by_profile: dict[str | None, list[str]] = {None: []}
+        verdicts: dict[str, tuple[int, str]] = {}
+        for grant, ssid in sessions:
+            user = users.get(grant.user_id)
+            device = devices.get(grant.device_id)
+            if user is None:
+                verdicts[grant.device_id] = (CLOSE_ENDED, "410 user deleted")
+                continue
+            if device is None or device.user_id != user.id or device.platform is not Platform.IOS:
+                verdicts[grant.device_id] = (CLOSE_ENDED, "410 device deleted")
+                continue
+            if device.push_state is PushState.SIGNED_OUT:
+                verdicts[grant.device_id] = (CLOSE_ENDED, "410 signed out")
+                continue
+            if user.profile_id not in ssids_by_profile:
+                ssids_by_profile[user.profile_id] = clientconfig.provisioned_ssids(
+                    await self.client_config(user)
+                )
+            if ssid not in ssids_by_profile[user.profile_id]:
+                verdicts[grant.device_id] = (
+                    CLOSE_FORBIDDEN,
+                    "403 SSID not provisioned for local push",
+                )
+        return verdicts
+
     # administration
 
     async def set_enterprise(
@@ -411,6 +452,18 @@ class SigninService:
         except Conflict:
             raise SigninError(409, "conflict", f"UC service {name!r} exists") from None
         return service
+
+    async def set_ucservice_params(self, name: str, params: Mapping[str, str]) -> None:
+        """Replace a UC service's parameters; live sessions see the change at their next
+        recheck."""
+        try:
+            checked = clientconfig.validate_params(params)
+            service = await self.repo.get_ucservice_by_name(name)
+        except clientconfig.ConfigError as exc:
+            raise SigninError(400, "invalid_value", str(exc)) from None
+        except NotFound:
+            raise SigninError(404, "not_found", f"no UC service {name!r}") from None
+        await self.repo.set_ucservice_params(service.id, checked)
 
     async def add_profile(self, name: str, ucservices: list[str]) -> ServiceProfile:
         ids = []

@@ -51,14 +51,19 @@ class TransactionUser(Protocol):
         """The transaction gave up: 408 (timeout) or 503 (transport error), §8.1.3.1."""
 
 
+def via_flow(via: Via) -> Flow:
+    """Where a response goes by its Via alone (RFC 3261 §18.2.2, RFC 3581): ``maddr``, else
+    ``received`` with ``rport``, else the sent-by."""
+    host, port = response_address(via)
+    name = via.transport if via.transport in ("UDP", "TCP", "TLS") else "UDP"
+    return Flow(name, strip_brackets(host), port)
+
+
 def response_flow(via: Via, arrival: Flow, transport: SipTransport) -> Flow:
-    """RFC 3261 §18.2.2: the request's own connection while it is open, else the address
-    the top Via names (``received``/``rport`` included, RFC 3581)."""
+    """§18.2.2: the request's own connection while it is open, else by the Via."""
     if arrival.reliable and transport.has_flow(arrival):
         return arrival
-    host, port = response_address(via)
-    name = via.transport if via.transport in ("UDP", "TCP", "TLS") else arrival.transport
-    return Flow(name, strip_brackets(host), port)
+    return via_flow(via)
 
 
 class TransactionDriver:

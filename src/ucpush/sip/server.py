@@ -25,7 +25,7 @@ from ucpush import aio
 from ucpush.config import Settings, SipSettings
 from ucpush.logging import configure_logging, get_logger
 from ucpush.sip.digest import DigestAuth
-from ucpush.sip.driver import TransactionDriver, response_flow
+from ucpush.sip.driver import TransactionDriver, via_flow
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.helpers import make_response, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
@@ -43,6 +43,7 @@ from ucpush.sip.proxy import (
     Target,
 )
 from ucpush.sip.registrar import (
+    PUSH_REFRESH_LEAD,
     Registrar,
     RegistrarConfig,
     RegistrarService,
@@ -129,7 +130,9 @@ class SipNode:
             max_expires=settings.max_expires,
             default_expires=settings.max_expires,
             push_providers=frozenset(settings.push_providers),
-            push_min_expires=max(121, min(240, settings.max_expires)),
+            # A max_expires of 120 s or less leaves no time for a refresh push (RFC 8599 §5.5):
+            # the registrar refuses that configuration.
+            push_min_expires=min(2 * PUSH_REFRESH_LEAD, settings.max_expires),
         )
         if settings.mode == "gateway":
             registrar_config = _GATEWAY_REGISTRAR
@@ -144,7 +147,7 @@ class SipNode:
         self.core: ProxyCore | None = None
         self._contexts: dict[int, ForkContext] = {}  # id(server tx) -> context
         self._expiry: dict[int, asyncio.TimerHandle] = {}
-        self._timers: set[asyncio.TimerHandle] = set()  # CANCEL give-up timers
+        self._give_ups: dict[int, asyncio.TimerHandle] = {}  # id(client tx) after our CANCEL
         self._branches: dict[int, tuple[ForkContext, ServerTransaction, str]] = {}
         self._branch_tx: dict[str, ClientTransaction] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,14 +174,13 @@ class SipNode:
         local = {name: (advertise, port) for name, (_, port) in self.transport.local.items()}
         aliases = frozenset({s.host, advertise, *(h for h, _ in self.transport.local.values())})
         self.core = ProxyCore(ProxyConfig(local=local, domains=self._domains, aliases=aliases))
-        if self.settings.mode == "registrar":
-            self._spawn(self._sweep())
+        self._spawn(self._sweep())
         log.info("sip.started", mode=s.mode, listening=self.transport.local)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for handle in [*self._expiry.values(), *self._timers]:
+        for handle in [*self._expiry.values(), *self._give_ups.values()]:
             handle.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
@@ -331,13 +333,13 @@ class SipNode:
     async def _locate(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
         aor = canonical_aor(request.uri)
         bindings = await self.locations.lookup(aor)
-        if id(tx) in self._cancelled:
+        if self._was_cancelled(tx):
             return
         if not bindings:
             self._reply(tx, request, 404)
             return
         targets = await self._targets(request, aor, bindings)
-        if id(tx) in self._cancelled:
+        if self._was_cancelled(tx):
             return
         if targets is None:
             self._reply(tx, request, 480)
@@ -360,12 +362,19 @@ class SipNode:
             self._fork(request, tx, flow, [Target(uri, routes=routes)])
             return
         targets = await self._targets(request, aor, bindings)
-        if id(tx) in self._cancelled:
+        if self._was_cancelled(tx):
             return
         if targets is None:
             self._reply(tx, request, 480)
             return
         self._fork(request, tx, flow, targets)
+
+    def _was_cancelled(self, tx: ServerTransaction) -> bool:
+        """True (once) if the caller CANCELled while we were looking targets up."""
+        if id(tx) in self._cancelled:
+            self._cancelled.discard(id(tx))
+            return True
+        return False
 
     def _reply(self, tx: ServerTransaction, request: SipRequest, status: int) -> None:
         self._cancelled.discard(id(tx))
@@ -428,8 +437,7 @@ class SipNode:
         self, request: SipRequest, tx: ServerTransaction, flow: Flow, targets: list[Target]
     ) -> ForkContext | None:
         assert self.core is not None
-        if id(tx) in self._cancelled or tx.terminated:
-            self._cancelled.discard(id(tx))
+        if self._was_cancelled(tx) or tx.terminated:
             return None
         ctx = ForkContext(self.core, request, flow, targets)
         self._contexts[id(tx)] = ctx
@@ -461,15 +469,21 @@ class SipNode:
         # §9.1: a branch that still has no final 64*T1 after our CANCEL is given up on, or
         # its INVITE transaction (Proceeding has no timer) and this context would live on.
         delay = 64 * self.driver.layer.timers.t1
-        self._timers.add(
-            asyncio.get_running_loop().call_later(delay, self._give_up, ctx, tx, client)
+        loop = asyncio.get_running_loop()
+        self._give_ups[id(client)] = loop.call_later(
+            delay, self._give_up, ctx, tx, client, action.branch
         )
 
-    def _give_up(self, ctx: ForkContext, tx: ServerTransaction, client: ClientTransaction) -> None:
-        if self._branches.pop(id(client), None) is None:
+    def _give_up(
+        self, ctx: ForkContext, tx: ServerTransaction, client: ClientTransaction, branch: str
+    ) -> None:
+        self._give_ups.pop(id(client), None)
+        state = ctx.branches.get(branch)
+        if state is None or state.final is not None:
             return  # it answered in time
+        self._branches.pop(id(client), None)
         self.driver.abandon(client)
-        self._run(ctx, tx, ctx.on_failure(client.request.top_via.branch or "", 408))
+        self._run(ctx, tx, ctx.on_failure(branch, 408))
 
     def _respond(self, ctx: ForkContext, tx: ServerTransaction, response: SipResponse) -> None:
         request = self._gateway_registers.pop(id(ctx), None)
@@ -490,6 +504,9 @@ class SipNode:
             client = self._branch_tx.pop(branch, None)
             if client is not None:
                 self._branches.pop(id(client), None)
+                give_up = self._give_ups.pop(id(client), None)
+                if give_up is not None:
+                    give_up.cancel()
 
     def _send_branch(self, ctx: ForkContext, tx: ServerTransaction, action: Forward) -> None:
         flow = action.flow or numeric_flow(action.hop)
@@ -565,12 +582,10 @@ class SipNode:
         out = self.core.stray_response(response)
         if out is None:
             return
-        via = out.top_via
-        flow = response_flow(via, Flow(via.transport, via.received or via.host, 0), self.transport)
-        self.driver.send_stateless(out, flow)
+        self.driver.send_stateless(out, via_flow(out.top_via))
 
 
-def digest_secret(data_dir: Path) -> bytes:
+def load_digest_secret(data_dir: Path) -> bytes:
     """The nonce key of this node, made on first start (0600 in ``data_dir``). Nodes of one
     cluster can share the file so any of them accepts the others' nonces."""
     path = data_dir / DIGEST_SECRET_FILE
@@ -594,7 +609,7 @@ async def serve(settings: Settings) -> None:
         node = SipNode(
             settings.sip,
             store.sip,
-            digest_secret=digest_secret(settings.data_dir),
+            digest_secret=load_digest_secret(settings.data_dir),
             client_ssl=_client_ssl(settings.sip),
         )
         await node.start()

@@ -258,6 +258,8 @@ async def test_jwks_health_and_metrics(stack: Stack):
         schema = push_body["application/json"]["schema"]
         assert {"target", "service", "push_type", "payload"} <= set(schema["required"])
         assert "voip" in schema["properties"]["push_type"]["enum"]
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert (await http.get("/v1/push")).status_code == 405
 
 
 @pytest.mark.parametrize(

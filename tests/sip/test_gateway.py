@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sip.sipp_harness import DOMAIN, SIPP, Harness, free_port, start_harness
+from ucpush.sip.resolve import Flow
 
 pytestmark = [
     pytest.mark.skipif(SIPP is None, reason="sipp not installed (Debian package sip-tester)"),
@@ -43,8 +44,10 @@ async def test_register_relayed_and_pbx_call_reaches_the_device(gateway):
     assert binding.contact.startswith(f"sip:bob@127.0.0.1:{device.port};")
     assert binding.path == ()  # our own Path is not a route we need to follow
 
-    node_transport = "UDP" if transport == "u1" else "TCP"
-    route = harness.node.core.record_route_value(node_transport) if harness.node.core else ""
+    # The PBX routes by the Path it stored: our entry with the device's flow token.
+    assert harness.node.core is not None
+    device_flow = Flow(binding.source_transport, binding.source_host, binding.source_port)
+    route = harness.node.core.record_route_value(device_flow.transport, device_flow)
     caller = await harness.sipp(
         "pbx_invite.xml",
         transport,

@@ -23,6 +23,7 @@ from ucpush.sip.resolve import Flow
 from ucpush.sip.server import SipNode
 from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
+from ucpush.sip.uri import SipURI
 from ucpush.store import Store, open_store
 from ucpush.store.repository import Binding
 
@@ -148,15 +149,35 @@ async def test_tls_device_gets_the_call_over_its_own_connection(store, tmp_path,
         assert isinstance(forwarded, SipRequest) and forwarded.method == "INVITE"
         assert flow == _node_flow(node, "TLS") and device.transport.connections == 1
         assert forwarded.top_via.transport == "TLS"
-        # UDP in, TLS out: double Record-Route, each side reachable on its own transport.
-        assert [str(r.uri) for r in forwarded.record_routes] == [
-            f"sip:127.0.0.1:{node.transport.local['TLS'][1]};transport=tls;lr",
-            f"sip:127.0.0.1:{node.transport.local['UDP'][1]};transport=udp;lr",
-        ]
-        device.transport.send(make_response(forwarded, 200, to_tag="dev"), flow)
+        # UDP in, TLS out: double Record-Route, each side reachable on its own transport;
+        # the device's entry names its connection with a flow token (RFC 5626 §5.3).
+        device_rr, caller_rr = forwarded.record_routes
+        tls_port, udp_port = node.transport.local["TLS"][1], node.transport.local["UDP"][1]
+        assert isinstance(device_rr.uri, SipURI) and device_rr.uri.user
+        assert str(device_rr.uri).endswith(f"@127.0.0.1:{tls_port};transport=tls;lr")
+        assert str(caller_rr.uri) == f"sip:127.0.0.1:{udp_port};transport=udp;lr"
+        # Its answer names a contact nobody can connect to; only the token gets us back.
+        contact = ("Contact", "<sip:elsewhere@127.0.0.1:9;transport=tls>")
+        device.transport.send(make_response(forwarded, 200, to_tag="dev", headers=[contact]), flow)
         answer = await caller.response(100)
         assert answer.status == 200 and answer.to.tag == "dev"
         assert len(answer.vias) == 1
+        routes = [("Route", str(r)) for r in reversed(answer.record_routes)]
+        to = ("To", f"<sip:bob@{DOMAIN}>;tag=dev")
+        for method in ("ACK", "BYE"):
+            request = caller.request(
+                method, "sip:elsewhere@127.0.0.1:9;transport=tls", "UDP",
+                headers=routes, call_id=invite.call_id,
+            )  # fmt: skip
+            request.headers.set("To", to[1])
+            request.headers.set("From", invite.headers.get("From") or "")
+            request.headers.set("CSeq", f"{1 if method == 'ACK' else 2} {method}")
+            caller.transport.send(request, _node_flow(node, "UDP"))
+            arrived, arrived_flow = await device.next()
+            assert isinstance(arrived, SipRequest) and arrived.method == method
+            assert arrived_flow == flow and not arrived.headers.get("Route")
+        device.transport.send(make_response(arrived, 200), arrived_flow)
+        assert (await caller.response()).status == 200
     finally:
         for t in (device.transport, caller.transport):
             await t.close()

@@ -15,6 +15,7 @@ from ucpush.sip.proxy import (
     ProxyCore,
     RequestError,
     Respond,
+    Routed,
     Target,
     best_response,
 )
@@ -105,7 +106,7 @@ def test_our_routes_are_popped_both_after_double_record_route(core):
         "Route: <sip:192.0.2.10:5060;transport=tcp;lr>",
         "Route: <sip:pbx.example.net;lr>",
     )
-    assert core.preprocess_routes(request)
+    assert core.preprocess_routes(request, CALLER).popped
     assert request.headers.get_all("Route") == ["<sip:pbx.example.net;lr>"]
     forward = core.forward(request, Target(request.uri), CALLER, record_route=False)
     assert forward.hop == Hop("UDP", "pbx.example.net", 5060)
@@ -114,7 +115,7 @@ def test_our_routes_are_popped_both_after_double_record_route(core):
 
 def test_strict_router_request_uri_is_restored(core):
     request = invite("Route: <sip:bob@203.0.113.5:5070>", uri="sip:192.0.2.10:5060;lr")
-    assert core.preprocess_routes(request)
+    assert core.preprocess_routes(request, CALLER).popped
     assert str(request.uri) == "sip:bob@203.0.113.5:5070"
     assert request.headers.get_all("Route") == []
 
@@ -145,6 +146,34 @@ def test_double_record_route_when_transports_differ(core):
     assert forward.request.top_via.transport == "TCP"
 
 
+def test_flow_tokens_route_in_dialog_requests_both_ways(core):
+    caller = Flow("TCP", "198.51.100.1", 40001)
+    device = Flow("TLS", "203.0.113.7", 40002)
+    target = Target(parse_uri("sip:bob@10.0.0.7:5062;transport=tls"), flow=device)
+    forward = core.forward(invite(), target, caller, record_route=True)
+    rr = forward.request.headers.get_all("Record-Route")
+    assert len(rr) == 2 and all("@192.0.2.10:" in v for v in rr)
+
+    def in_dialog(routes: list[str], arrival: Flow):
+        request = invite(*(f"Route: {r}" for r in routes), method="BYE", uri="sip:x@192.0.2.99")
+        return core.preprocess_routes(request, arrival)
+
+    # The callee uses the Record-Route set in order, the caller reversed (§12.1).
+    assert in_dialog(rr, device).flow == caller
+    assert in_dialog(rr[::-1], caller).flow == device
+    # A token for the flow the request came from means "the other way": route by R-URI.
+    assert in_dialog(rr[::-1], device).flow is None
+    forged = rr[0].replace("sip:", "sip:AAAA", 1)
+    assert in_dialog([forged], caller) == Routed(popped=True, flow=None)
+
+
+def test_udp_caller_gets_no_token_and_same_transports_one_entry(core):
+    forward = core.forward(invite(), target("203.0.113.5"), CALLER, record_route=True)
+    assert forward.request.headers.get_all("Record-Route") == [
+        "<sip:192.0.2.10:5060;transport=udp;lr>"
+    ]
+
+
 def test_registered_flow_and_path_win(core):
     flow = Flow("TLS", "203.0.113.7", 40000)
     t = Target(parse_uri("sip:bob@10.0.0.7:5062"), flow=flow, routes=("<sip:edge.example;lr>",))
@@ -157,7 +186,7 @@ def test_registered_flow_and_path_win(core):
 def test_ack_is_forwarded_with_a_stable_branch(core):
     ack = invite("Route: <sip:192.0.2.10;lr>", method="ACK", uri="sip:bob@203.0.113.5")
     ack.headers.set("To", "<sip:bob@example.org>;tag=b")
-    core.preprocess_routes(ack)
+    core.preprocess_routes(ack, CALLER)
     one, two = core.stateless(ack, CALLER), core.stateless(ack, CALLER)
     assert one.branch == two.branch
     assert one.hop == Hop("UDP", "203.0.113.5", 5060)

@@ -13,7 +13,7 @@ import trustme
 from ucpush.sip.driver import response_flow
 from ucpush.sip.message import SipRequest, SipResponse, parse_message
 from ucpush.sip.resolve import Flow, Hop, UnsupportedTransport, next_hop, resolve
-from ucpush.sip.transport import SipTransport
+from ucpush.sip.transport import SipTransport, stun_binding_response
 from ucpush.sip.uri import SipURI, parse_uri
 
 pytestmark = pytest.mark.timeout(20)
@@ -231,3 +231,42 @@ async def test_resolve_names_and_numbers():
     assert flows and all(f.port == 5070 and f.transport == "UDP" for f in flows)
     with pytest.raises(OSError):
         await resolve(Hop("UDP", "no-such-host.invalid", 5060))
+
+
+# RFC 5769 §2.2/§2.3 sample XOR-MAPPED-ADDRESS values (port 32853).
+TXID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
+
+
+@pytest.mark.parametrize(
+    ("host", "value"),
+    [
+        ("192.0.2.1", "0001a147e112a643"),
+        (
+            "2001:db8:1234:5678:11:2233:4455:6677",
+            "0002a1470113a9faa5d3f179bc25f4b5bed2b9d9",
+        ),
+    ],
+)
+def test_stun_binding_response_vectors(host, value):
+    request = bytes.fromhex("000100002112a442") + TXID
+    response = stun_binding_response(request, host, 32853)
+    assert response is not None
+    assert response[:2] == b"\x01\x01" and response[4:20] == request[4:20]
+    length = int.from_bytes(response[2:4], "big")
+    assert response[20:] == bytes.fromhex(f"0020{len(value) // 2:04x}{value}")
+    assert length == len(response) - 20
+    assert stun_binding_response(request[:19], host, 1) is None  # truncated
+    assert stun_binding_response(b"\x01\x01" + request[2:], host, 1) is None  # not a request
+
+
+async def test_udp_stun_keepalive_is_answered(server):
+    transport, inbox = server
+    sock = udp_client()
+    port = sock.getsockname()[1]
+    sock.sendto(bytes.fromhex("000100002112a442") + TXID, transport.local["UDP"])
+    answer = await recv_udp(sock)
+    assert answer[:2] == b"\x01\x01" and answer[8:20] == TXID
+    xport = int.from_bytes(answer[26:28], "big") ^ 0x2112
+    assert xport == port
+    assert inbox.queue.empty()
+    sock.close()

@@ -13,7 +13,9 @@ answers 2xx or 6xx (with an RFC 3326 Reason), and otherwise picks the best final
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ _BRANCH_PREFIX = MAGIC_COOKIE + "ucp"
 _HASH_LENGTH = 16
 # §16.7 step 6: within 4xx these are preferred, since the caller can act on them.
 _ACTIONABLE_4XX = (401, 407, 415, 420, 484)
+_TOKEN_MAC = 10  # bytes of HMAC-SHA256 in a flow token
 _NO_RR_METHODS = frozenset({"REGISTER", "ACK", "CANCEL"})
 REASON_COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 REASON_DECLINED_ELSEWHERE = 'SIP;cause=600;text="Busy Everywhere"'
@@ -96,6 +99,15 @@ ProxyAction = Forward | Respond | Cancel
 
 
 @dataclass(frozen=True, slots=True)
+class Routed:
+    """What Route pre-processing found: whether Routes naming us were removed, and the flow
+    a flow token in them asks for."""
+
+    popped: bool = False
+    flow: Flow | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """``domains``: hosts whose AORs we serve (the location service answers for them).
     ``local``: advertised (host, port) per transport, for Via and Record-Route. ``aliases``:
@@ -105,6 +117,8 @@ class ProxyConfig:
     domains: frozenset[str] = frozenset()
     aliases: frozenset[str] = frozenset()
     supported: frozenset[str] = frozenset()
+    # Keys the flow tokens; share it across restarts (and nodes) to keep dialogs routable.
+    flow_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
 
 class RequestError(Exception):
@@ -177,6 +191,7 @@ class ProxyCore:
         hosts |= {strip_brackets(host).lower() for host, _ in config.local.values()}
         self._hosts = frozenset(hosts)
         self._ports = frozenset(port for _, port in config.local.values())
+        self._flow_key = config.flow_key
 
     # who we are
 
@@ -227,31 +242,59 @@ class ProxyCore:
         if unsupported:
             raise RequestError(420, None, [("Unsupported", ", ".join(unsupported))])
 
-    def preprocess_routes(self, request: SipRequest) -> bool:
+    def preprocess_routes(self, request: SipRequest, arrival: Flow) -> Routed:
         """§16.4 on ``request`` (a copy the caller owns): undo a strict router's rewrite, then
-        pop every top Route naming us (two after double Record-Routing). True if any was."""
+        pop every top Route naming us (two after double Record-Routing). The last one popped
+        is the entry for the side the request goes to; its flow token, if any and if the
+        request did not come from that very flow, names the flow to send it on."""
         popped = False
+        last: URI | None = None
         if self.is_ours(request.uri) and (routes := request.headers.get_all("Route")):
             # The previous hop was a strict router: our Record-Route is the Request-URI and
             # the real one is the last Route.
+            last = request.uri
             request.uri = parse_name_addr(routes[-1], "Route").uri
             values = routes[:-1]
             request.headers.remove("Route")
             for value in values:
                 request.headers.add("Route", value)
             popped = True
-        while (top := request.headers.get("Route")) is not None and self.is_ours(
-            parse_name_addr(top, "Route").uri
-        ):
+        while (top := request.headers.get("Route")) is not None:
+            uri = parse_name_addr(top, "Route").uri
+            if not self.is_ours(uri):
+                break
             request.headers.pop_first("Route")
-            popped = True
-        return popped
+            popped, last = True, uri
+        flow = self.flow_of_token(last.user) if isinstance(last, SipURI) and last.user else None
+        return Routed(popped, None if flow == arrival else flow)
 
     # §16.6
 
-    def record_route_value(self, transport: str) -> str:
+    def record_route_value(self, transport: str, flow: Flow | None = None) -> str:
+        """Our Record-Route (or Path) entry on ``transport``; with ``flow``, a flow token in
+        the user part sends in-dialog requests for that side over that flow."""
         host, port = self.config.local[transport]
-        return f"<sip:{format_host(host)}:{port};transport={transport.lower()};lr>"
+        user = f"{self.flow_token(flow)}@" if flow is not None else ""
+        return f"<sip:{user}{format_host(host)}:{port};transport={transport.lower()};lr>"
+
+    def flow_token(self, flow: Flow) -> str:
+        """RFC 5626 §5.2: the flow, authenticated so nobody can aim requests at a flow they
+        were not given."""
+        raw = f"{flow.transport} {flow.host} {flow.port}".encode()
+        mac = hmac.new(self._flow_key, raw, hashlib.sha256).digest()[:_TOKEN_MAC]
+        return base64.urlsafe_b64encode(mac + raw).decode().rstrip("=")
+
+    def flow_of_token(self, token: str) -> Flow | None:
+        try:
+            data = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:
+            return None
+        mac, raw = data[:_TOKEN_MAC], data[_TOKEN_MAC:]
+        expected = hmac.new(self._flow_key, raw, hashlib.sha256).digest()[:_TOKEN_MAC]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        transport, host, port = raw.decode().split(" ")
+        return Flow(transport, host, int(port))
 
     def via_value(self, transport: str, branch: str) -> str:
         host, port = self.config.local[transport]
@@ -292,11 +335,16 @@ class ProxyCore:
         if hop.transport not in self.config.local:
             raise RequestError(502, f"No {hop.transport} transport for the next hop")
         if record_route:
-            inbound = arrival.transport if arrival.transport in self.config.local else "UDP"
-            out.headers.prepend("Record-Route", self.record_route_value(inbound))
-            if inbound != hop.transport:
-                # Double Record-Route (RFC 5658): each side gets the address it can reach.
-                out.headers.prepend("Record-Route", self.record_route_value(hop.transport))
+            # Connections (and registered flows) are named by flow tokens so in-dialog
+            # requests reach devices that cannot be connected to (NAT, RFC 5626 §5.3).
+            inbound = self.record_route_value(
+                arrival.transport, arrival if arrival.reliable else None
+            )
+            outbound = self.record_route_value(hop.transport, target.flow)
+            out.headers.prepend("Record-Route", inbound)
+            if outbound != inbound:
+                # Double Record-Route (RFC 5658): each side gets the entry it can reach.
+                out.headers.prepend("Record-Route", outbound)
         out.headers.prepend(
             "Via", self.via_value(hop.transport, branch or self.new_branch(request))
         )
@@ -307,14 +355,14 @@ class ProxyCore:
         and push-woken devices must get their in-dialog requests through us."""
         return request.method not in _NO_RR_METHODS and request.to.tag is None
 
-    def stateless(self, request: SipRequest, arrival: Flow) -> Forward:
-        """ACK for a 2xx (end to end, §16.11): Routes popped, forwarded without a transaction.
-        The branch is a hash of the request so a retransmission gets the same one."""
+    def stateless(self, request: SipRequest, arrival: Flow, flow: Flow | None = None) -> Forward:
+        """ACK for a 2xx (end to end, §16.11): Routes popped, forwarded without a transaction
+        (on ``flow`` if given). The branch is a hash of the request so a retransmission gets
+        the same one."""
         digest = hashlib.sha256(request.serialize()).hexdigest()[:12]
         branch = f"{MAGIC_COOKIE}ucs{digest}"
-        return self.forward(
-            request, Target(request.uri), arrival, record_route=False, branch=branch
-        )
+        target = Target(request.uri, flow=flow)
+        return self.forward(request, target, arrival, record_route=False, branch=branch)
 
     def stray_response(self, response: SipResponse) -> SipResponse | None:
         """§16.7 step 3 for a response with no transaction: drop it unless its top Via is

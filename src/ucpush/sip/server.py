@@ -61,7 +61,7 @@ from ucpush.sip.transaction import (
     TimerConfig,
 )
 from ucpush.sip.transport import SipTransport
-from ucpush.sip.uri import SipURI, parse_uri
+from ucpush.sip.uri import URI, SipURI, parse_uri
 from ucpush.store import open_store
 from ucpush.store.repository import Binding
 
@@ -87,6 +87,13 @@ class StoredLocations:
     async def lookup(self, aor: str) -> Sequence[Binding]:
         now = datetime.now(UTC)
         return [b for b in await self.repository.list_bindings(aor) if b.expires_at > now]
+
+
+def _same_contact(uri: URI, binding: Binding) -> bool:
+    try:
+        return uri.equivalent(parse_uri(binding.contact))
+    except SipParseError:
+        return False
 
 
 def _source_flow(binding: Binding) -> Flow | None:
@@ -250,7 +257,7 @@ class SipNode:
     def _route(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
         assert self.core is not None
         request = request.copy()
-        popped = self.core.preprocess_routes(request)
+        routed = self.core.preprocess_routes(request, flow)
         gateway = self.settings.mode == "gateway"
         if request.headers.get("Route"):
             self._fork(request, tx, flow, [Target(request.uri)])  # loose routing
@@ -264,7 +271,10 @@ class SipNode:
             and self.core.is_ours(request.uri)
         ):
             self._answer_self(request, tx)
-        elif request.to.tag is not None or (gateway and popped):
+        elif routed.flow is not None and self.transport.has_flow(routed.flow):
+            # Our Record-Route or Path named the flow (RFC 5626 §5.3): no lookup needed.
+            self._fork(request, tx, flow, [Target(request.uri, flow=routed.flow)])
+        elif request.to.tag is not None or (gateway and routed.popped):
             # In a dialog (or routed to a device by the PBX): the Request-URI is a contact.
             self._spawn(self._guarded(tx, request, self._to_device(request, tx, flow)))
         elif not gateway and self.core.serves(request.uri):
@@ -355,10 +365,17 @@ class SipNode:
         except ValueError:
             self._fork(request, tx, flow, [Target(uri)])
             return
-        bindings = [b for b in await self.locations.lookup(aor) if push_params_match(uri, b)]
+        # Out of a dialog, RFC 8599 §5.3 matching (pn-* must agree); in one, the remote
+        # target is whatever Contact the device answered with, compared by §19.1.4 alone.
+        in_dialog = request.to.tag is not None
+        bindings = [
+            b
+            for b in await self.locations.lookup(aor)
+            if (_same_contact(uri, b) if in_dialog else push_params_match(uri, b))
+        ]
         if not bindings:
             # Not one of our devices: in a dialog straight on, else via the PBX.
-            routes = () if request.to.tag is not None else (self._upstream_route(),)
+            routes = () if in_dialog else (self._upstream_route(),)
             self._fork(request, tx, flow, [Target(uri, routes=routes)])
             return
         targets = await self._targets(request, aor, bindings)
@@ -395,7 +412,8 @@ class SipNode:
         assert self.core is not None and self.upstream is not None
         relayed = request.copy()
         hop = next_hop(self.upstream)
-        relayed.headers.prepend("Path", self.core.record_route_value(hop.transport))
+        # The flow token lets the PBX's requests reach the device on this very flow.
+        relayed.headers.prepend("Path", self.core.record_route_value(hop.transport, flow))
         providers = {
             c.uri.pn_params.get("pn-provider")
             for c in request.contacts
@@ -560,9 +578,11 @@ class SipNode:
             self.core.check(request)
             # We Record-Route every dialog, so an ACK for a 2xx names us in its Route; one
             # that does not is a stray (e.g. for a non-2xx whose transaction is gone).
-            if not self.core.preprocess_routes(request):
+            routed = self.core.preprocess_routes(request, flow)
+            if not routed.popped:
                 return
-            forward = self.core.stateless(request, flow)
+            usable = routed.flow is not None and self.transport.has_flow(routed.flow)
+            forward = self.core.stateless(request, flow, routed.flow if usable else None)
         except (RequestError, SipParseError):
             return  # an ACK is never answered
         target = forward.flow or numeric_flow(forward.hop)

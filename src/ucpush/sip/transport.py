@@ -9,16 +9,19 @@ since nothing after it can be trusted). Messages are bounded by ``max_message_si
 
 Stream connections, inbound and outbound, live in one table keyed by ``Flow`` so a request to
 a peer reuses the connection the peer opened (RFC 3261 §18, RFC 5626 flows) and responses go
-back over the connection the request came on. CRLF keep-alive pings are answered (RFC 5626
-§4.4.1). Sending never blocks: a send to a new stream flow connects in the background and
-reports failure through ``on_error`` on a later loop iteration (never re-entrantly, so callers
-may send from inside their own state machines).
+back over the connection the request came on. Keep-alives are answered: CRLF pings on
+streams (RFC 5626 §4.4.1) and STUN Binding requests on UDP (§4.4.2). Sending never blocks: a
+send to a new stream flow connects in the background and reports failure through
+``on_error`` on a later loop iteration (never re-entrantly, so callers may send from inside
+their own state machines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
+import struct
 from collections.abc import Callable
 from typing import cast
 
@@ -43,6 +46,24 @@ MessageHandler = Callable[[SipRequest | SipResponse, Flow], None]
 ErrorCallback = Callable[[], None]
 # Outbound TCP/TLS connects give up after this long (well below Timer B/F).
 CONNECT_TIMEOUT = 10.0
+_STUN_COOKIE = bytes.fromhex("2112a442")
+
+
+def stun_binding_response(data: bytes, host: str, port: int) -> bytes | None:
+    """Answer to an RFC 5389 STUN Binding request (the UDP keep-alive of RFC 5626 §4.4.2):
+    a success response whose XOR-MAPPED-ADDRESS tells the client its public address. None for
+    anything else (other STUN messages, or not STUN)."""
+    if len(data) < 20 or data[:2] != b"\x00\x01" or data[4:8] != _STUN_COOKIE:
+        return None
+    transaction = data[8:20]
+    address = ipaddress.ip_address(host)
+    family = 1 if address.version == 4 else 2
+    mask = _STUN_COOKIE + (transaction if family == 2 else b"")
+    xaddr = bytes(a ^ b for a, b in zip(address.packed, mask, strict=False))
+    xport = port ^ int.from_bytes(_STUN_COOKIE[:2], "big")
+    value = struct.pack("!BBH", 0, family, xport) + xaddr
+    attribute = struct.pack("!HH", 0x0020, len(value)) + value
+    return struct.pack("!HH", 0x0101, len(attribute)) + _STUN_COOKIE + transaction + attribute
 
 
 def _peer(address: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:
@@ -60,6 +81,11 @@ class _Datagram(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         host, port = _peer(addr)
+        if data[:1] in (b"\x00", b"\x01"):  # STUN: its first two bits are zero, SIP's are not
+            reply = stun_binding_response(data, host, port)
+            if reply is not None and self.transport is not None:
+                self.transport.sendto(reply, addr)
+            return
         flow = Flow("UDP", host, port)
         try:
             message = parse_datagram(data, max_message_size=self.owner.max_message_size)

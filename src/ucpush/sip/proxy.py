@@ -185,6 +185,8 @@ def best_response(responses: Sequence[SipResponse], request: SipRequest) -> SipR
 
 
 class ProxyCore:
+    """The stateless rules of the proxy; one per node."""
+
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         hosts = {h.lower() for h in config.aliases}
@@ -199,7 +201,8 @@ class ProxyCore:
         return strip_brackets(host).lower() in self._hosts
 
     def is_ours(self, uri: URI) -> bool:
-        """A URI naming this proxy itself (our Record-Route or Path entry, no user part)."""
+        """A URI naming this proxy itself: host and port are ours (a user part, in our
+        Record-Route or Path entries, is a flow token)."""
         if not isinstance(uri, SipURI) or not self.is_local_host(uri.host):
             return False
         default = DEFAULT_PORTS["TLS" if uri.secure or uri.transport == "tls" else "UDP"]

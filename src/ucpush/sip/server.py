@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import ssl
@@ -117,6 +118,7 @@ class SipNode:
     ) -> None:
         self.settings = settings
         self.push = push
+        self._secret = digest_secret
         self.locations: LocationService = StoredLocations(repository)
         self.transport = SipTransport(
             self._receive, max_message_size=settings.max_message_size, client_ssl=client_ssl
@@ -180,7 +182,11 @@ class SipNode:
         advertise = s.advertise or s.host
         local = {name: (advertise, port) for name, (_, port) in self.transport.local.items()}
         aliases = frozenset({s.host, advertise, *(h for h, _ in self.transport.local.values())})
-        self.core = ProxyCore(ProxyConfig(local=local, domains=self._domains, aliases=aliases))
+        # Derived from the node's secret so flow tokens handed out stay valid after a restart.
+        flow_key = hashlib.sha256(b"ucpush flow token\0" + self._secret).digest()
+        self.core = ProxyCore(
+            ProxyConfig(local=local, domains=self._domains, aliases=aliases, flow_key=flow_key)
+        )
         self._spawn(self._sweep())
         log.info("sip.started", mode=s.mode, listening=self.transport.local)
 

@@ -41,7 +41,7 @@ CONNECTIONS = 4
 CONCURRENCY = (1, 100, 1000)
 WARMUP = 500
 BODY = b'{"aps":{},"jwe":"' + b"x" * 600 + b'","type":"voip","tid":"0123456789abcdef"}'
-console = Console()
+console = Console(width=140)
 
 Post = Callable[[int, dict[str, str]], Awaitable[int]]  # (request index, headers) -> status
 PATHS = [f"/3/device/{token}" for token in DEVICES]
@@ -109,13 +109,16 @@ async def drive(post: Post, token: str, total: int, inflight: int) -> dict[str, 
             latencies.append(time.perf_counter() - started)
             errors += status != 200
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(inflight)))
     elapsed = time.perf_counter() - began
     return {
         "rate": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
+        # Client CPU per request: the simulator, a single Python process, caps the rate, so
+        # this is what shows how much of a core each client needs.
+        "cpu_us": (time.process_time() - cpu_began) / len(latencies) * 1e6,
         "errors": errors,
     }
 
@@ -177,6 +180,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per cell; the fastest is kept (shared host)"
+    )
     args = parser.parse_args()
 
     private_pem, public_pem = make_apns_key()
@@ -186,6 +192,7 @@ def main() -> None:
         algorithm="ES256",
         headers={"kid": KEY_ID},
     )
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = {
@@ -209,32 +216,42 @@ def main() -> None:
             )
             register_devices(url)
             for inflight in CONCURRENCY:
-                for name, runner in RUNNERS.items():
-                    control("DELETE", f"{url}/_sim/delivered")
-                    result = run_on_loop(args.loop, runner(url, token, args.requests, inflight))
-                    delivered = len(control("GET", f"{url}/_sim/delivered").json())
-                    if result["errors"] or delivered != args.requests + WARMUP:
-                        raise RuntimeError(f"{name} at {inflight}: {result}, {delivered} arrived")
-                    results[(name, inflight)] = result
-                    console.print(
-                        f"{name:>8} in flight {inflight:>4}: {result['rate']:7.0f} req/s, "
-                        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
-                    )
+                for _ in range(args.repeat):
+                    for name, runner in RUNNERS.items():
+                        control("DELETE", f"{url}/_sim/delivered")
+                        result = run_on_loop(args.loop, runner(url, token, args.requests, inflight))
+                        delivered = len(control("GET", f"{url}/_sim/delivered").json())
+                        if result["errors"] or delivered != args.requests + WARMUP:
+                            raise RuntimeError(f"{name}, {inflight}: {result}, {delivered} arrived")
+                        best = results.get((name, inflight))
+                        if best is None or result["rate"] > best["rate"]:
+                            results[(name, inflight)] = result
+                        console.print(
+                            f"{name:>8} in flight {inflight:>4}: {result['rate']:7.0f} req/s, "
+                            f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                            f"{result['cpu_us']:.0f} us CPU/req"
+                        )
         finally:
             sim.terminate()
             sim.wait(10)
-    report(results, args)
+    report(results, args, (load_before, os.getloadavg()[0]))
 
 
-def report(results: dict[tuple[str, int], dict[str, float]], args: argparse.Namespace) -> None:
+def report(
+    results: dict[tuple[str, int], dict[str, float]],
+    args: argparse.Namespace,
+    load: tuple[float, float],
+) -> None:
     table = Table(title=f"{args.requests} APNs POSTs over {CONNECTIONS} connections")
     for column in (
         "in flight",
         "httpx req/s",
         "httpx p50/p99 ms",
+        "httpx CPU us/req",
         "h2client req/s",
         "h2client p50/p99 ms",
-        "ratio",
+        "h2client CPU us/req",
+        "ratio req/s",
     ):
         table.add_column(column, justify="right")
     rows = []
@@ -244,8 +261,10 @@ def report(results: dict[tuple[str, int], dict[str, float]], args: argparse.Name
             str(inflight),
             f"{a['rate']:.0f}",
             f"{a['p50_ms']:.2f} / {a['p99_ms']:.2f}",
+            f"{a['cpu_us']:.0f}",
             f"{b['rate']:.0f}",
             f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f}",
+            f"{b['cpu_us']:.0f}",
             f"{b['rate'] / a['rate']:.1f}x",
         )
         rows.append(row)
@@ -254,19 +273,23 @@ def report(results: dict[tuple[str, int], dict[str, float]], args: argparse.Name
     lines = [
         "# HTTP/2 client: httpx vs ucpush H2Client",
         "",
-        f"`bench/h2_client.py --requests {args.requests} --loop {args.loop}`: "
+        f"`bench/h2_client.py --requests {args.requests} --loop {args.loop} "
+        f"--repeat {args.repeat}`: "
         f"{args.requests} APNs VoIP POSTs ({len(BODY)}-byte body, provider JWT, "
         f"{len(DEVICES)} device tokens in turn) to the APNs "
         f"simulator (`ucpush sim serve`, h2c, separate process) over {CONNECTIONS} connections, "
         f"after {WARMUP} warm-up requests; every push verified delivered. Both clients run on "
-        f"{args.loop} in one process.",
+        f"{args.loop} in one process; best of {args.repeat} runs per cell (the host is shared). "
+        "The simulator is one Python process and caps the rate: client CPU per request shows "
+        "the clients' own cost.",
         "",
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"httpx {httpx.__version__}, h2 {h2.__version__}; simulator and client share the machine.",
+        f"httpx {httpx.__version__}, h2 {h2.__version__}; simulator and client share the machine "
+        f"(1-minute load average {load[0]:.1f} before, {load[1]:.1f} after).",
         "",
-        "| in flight | httpx req/s | httpx p50 / p99 ms | H2Client req/s "
-        "| H2Client p50 / p99 ms | ratio |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| in flight | httpx req/s | httpx p50 / p99 ms | httpx CPU µs/req | H2Client req/s "
+        "| H2Client p50 / p99 ms | H2Client CPU µs/req | ratio req/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
     ]

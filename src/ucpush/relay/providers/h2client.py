@@ -235,11 +235,6 @@ class H2Connection(asyncio.Protocol):
         """Whether new requests may start here (open, settled, no GOAWAY, ids left)."""
         return self._usable
 
-    @property
-    def busy(self) -> int:
-        """Requests holding a stream slot or waiting for one."""
-        return self._active + len(self._waiters)
-
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -276,19 +271,16 @@ class H2Connection(asyncio.Protocol):
             )
         streams, self._streams = self._streams, {}
         self._blocked.clear()
+        # Streams above a GOAWAY already failed as not processed; these were sent and may have
+        # been processed.
+        peer, detail = self._authority, f": {exc}" if exc else ""
         for stream in streams.values():
             if not stream.future.done():
-                stream.future.set_exception(self._lost_error(stream.stream_id, exc))
+                stream.future.set_exception(H2ConnectionLost(f"connection to {peer} lost{detail}"))
         self._wake_waiters(False)
         if not self._lost.done():
             self._lost.set_result(None)
         self._on_closed(self)
-
-    def _lost_error(self, stream_id: int, exc: Exception | None) -> H2Error:
-        if self._goaway_last is not None and stream_id > self._goaway_last:
-            return H2NotProcessed(f"stream {stream_id} above GOAWAY", reason="goaway")
-        detail = f": {exc}" if exc else ""
-        return H2ConnectionLost(f"connection to {self._authority} lost{detail}")
 
     def data_received(self, data: bytes) -> None:
         self._last_received = self._loop.time()

@@ -68,7 +68,7 @@ def up(ctx: typer.Context) -> None:
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Run the call node's SIP service: registrar (or gateway to a PBX) and proxy ([sip])."""
+    """Run the call node's SIP service: registrar (or gateway to a PBX) and proxy."""
     from ucpush.sip.server import run_serve
 
     run_serve(settings_from(ctx))

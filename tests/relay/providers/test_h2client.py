@@ -425,7 +425,7 @@ async def test_timeout_resets_the_stream_and_keeps_the_connection(
     started = time.monotonic()
     with pytest.raises(H2Timeout) as raised:
         await apns.push(client)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.9  # reset before the slow answer came
     assert not raised.value.not_processed
     assert client.busy == 0
     assert await apns.push(client) == 200

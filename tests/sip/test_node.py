@@ -279,6 +279,95 @@ async def test_branch_ignoring_cancel_is_given_up_after_64_t1(store, tmp_path, c
         await node.close()
 
 
+async def test_gateway_keeps_bindings_as_the_pbx_grants_them_and_pushes(store, tmp_path, ca):
+    pbx, device = Peer(), Peer()
+    await pbx.transport.listen_udp("127.0.0.1", 0)
+    await device.transport.listen_stream("127.0.0.1", 0)
+    upstream = f"sip:127.0.0.1:{pbx.transport.local['UDP'][1]}"
+    node = await start_node(store, tmp_path, ca, mode="gateway", upstream=upstream)
+    node.push = push = RecordingPush()
+    aor = f"sip:bob@{DOMAIN}"
+
+    async def register_via_gateway(expires: int) -> SipRequest:
+        host, port = device.transport.local["TCP"]
+        pn = ";pn-provider=apns;pn-prid=tok;pn-param=TEAM.org.example.voip"
+        contact = f"<sip:bob@{host}:{port};transport=tcp{pn}>"
+        request = device.request(
+            "REGISTER",
+            f"sip:{DOMAIN}",
+            "TCP",
+            user="bob",
+            headers=[("Contact", contact), ("Expires", str(expires))],
+        )
+        device.transport.send(request, _node_flow(node, "TCP"))
+        relayed, pbx_flow = await pbx.next()
+        assert isinstance(relayed, SipRequest) and relayed.method == "REGISTER"
+        # The PBX answers 600 s whatever was asked, and lists no Contact.
+        pbx.transport.send(make_response(relayed, 200, headers=[("Expires", "600")]), pbx_flow)
+        assert (await device.response()).status == 200
+        return relayed
+
+    try:
+        relayed = await register_via_gateway(300)
+        assert relayed.headers.get("Feature-Caps") == '*;+sip.pns="apns"'
+        (path,) = relayed.headers.get_all("Path")
+        (binding,) = await _bindings(store, aor, 1)
+        assert binding.pn_prid == "tok"
+        assert (binding.expires_at - binding.updated_at).total_seconds() == 600
+        # The device went to the background; the PBX calls it through our Path.
+        await device.transport.close()
+        await asyncio.sleep(0.05)
+        invite = pbx.request("INVITE", binding.contact, "UDP", headers=[("Route", path)])
+        pbx.transport.send(invite, _node_flow(node, "UDP"))
+        assert (await pbx.response(100)).status == 480
+        ((pushed_aor, pushed),) = push.calls
+        assert pushed_aor == aor and [b.id for b in pushed] == [binding.id]
+    finally:
+        await pbx.transport.close()
+        await node.close()
+
+
+async def test_gateway_unregister_removes_the_binding(store, tmp_path, ca):
+    pbx, device = Peer(), Peer()
+    await pbx.transport.listen_udp("127.0.0.1", 0)
+    await device.transport.listen_udp("127.0.0.1", 0)
+    upstream = f"sip:127.0.0.1:{pbx.transport.local['UDP'][1]}"
+    node = await start_node(store, tmp_path, ca, mode="gateway", upstream=upstream)
+    host, port = device.transport.local["UDP"]
+    try:
+        for cseq, (expires, count) in enumerate(((300, 1), (0, 0)), start=1):
+            request = device.request(
+                "REGISTER",
+                f"sip:{DOMAIN}",
+                "UDP",
+                user="bob",
+                headers=[("Contact", f"<sip:bob@{host}:{port}>"), ("Expires", str(expires))],
+                call_id="reg-1",
+            )
+            request.headers.set("CSeq", f"{cseq} REGISTER")
+            device.transport.send(request, _node_flow(node, "UDP"))
+            relayed, pbx_flow = await pbx.next()
+            assert isinstance(relayed, SipRequest)
+            answer = make_response(relayed, 200, headers=[("Expires", "600")])
+            pbx.transport.send(answer, pbx_flow)
+            assert (await device.response()).status == 200
+            assert len(await _bindings(store, f"sip:bob@{DOMAIN}", count)) == count
+    finally:
+        for t in (device.transport, pbx.transport):
+            await t.close()
+        await node.close()
+
+
+async def _bindings(store: Store, aor: str, count: int) -> list[Binding]:
+    """The AOR's bindings once there are ``count`` (the gateway stores them after the 2xx)."""
+    for _ in range(100):
+        bindings = await store.sip.list_bindings(aor)
+        if len(bindings) == count:
+            return bindings
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{aor}: {len(bindings)} bindings, expected {count}")
+
+
 async def test_ucpush_serve_runs_and_stops(tmp_path):
     port = free_port()
     env = {

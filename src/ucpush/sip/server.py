@@ -435,19 +435,22 @@ class SipNode:
     async def _store_gateway_binding(
         self, request: SipRequest, response: SipResponse, flow: Flow
     ) -> None:
-        """Keep the device's contact as the upstream granted it: each Contact's lifetime is
-        the one in the 2xx (RFC 3261 §10.3 step 8 lists them), else the one requested."""
+        """Keep the device's contact as the upstream granted it: a removal stays a removal;
+        otherwise the lifetime the 2xx lists for that Contact (RFC 3261 §10.3 step 8), else
+        the 2xx's Expires, else the one requested."""
         copy = request.copy()
         if not request.contact_wildcard:
             granted = response.contacts
             copy.headers.remove("Contact")
             for contact in request.contacts:
+                requested = contact.expires if contact.expires is not None else request.expires
                 match = next((c for c in granted if c.uri.equivalent(contact.uri)), None)
-                expires = match.expires if match is not None else None
-                if expires is None:
-                    expires = contact.expires
-                if expires is None:
-                    expires = response.expires if response.expires is not None else request.expires
+                expires = requested
+                if requested != 0:
+                    for candidate in (match.expires if match else None, response.expires):
+                        if candidate is not None:
+                            expires = candidate
+                            break
                 value = contact if expires is None else contact.with_param("expires", str(expires))
                 copy.headers.add("Contact", str(value))
         source = Source(flow.transport, flow.host, flow.port)
@@ -465,6 +468,12 @@ class SipNode:
             return None
         ctx = ForkContext(self.core, request, flow, targets)
         self._contexts[id(tx)] = ctx
+        log.debug(
+            "sip.proxy.fork",
+            method=request.method,
+            call_id=request.call_id,
+            targets=[str(t.uri) for t in targets],
+        )
         if ctx.invite:
             loop = asyncio.get_running_loop()
             self._expiry[id(tx)] = loop.call_later(

@@ -154,7 +154,8 @@ async def test_tls_device_gets_the_call_over_its_own_connection(store, tmp_path,
         device_rr, caller_rr = forwarded.record_routes
         tls_port, udp_port = node.transport.local["TLS"][1], node.transport.local["UDP"][1]
         assert isinstance(device_rr.uri, SipURI) and device_rr.uri.user
-        assert str(device_rr.uri).endswith(f"@127.0.0.1:{tls_port};transport=tls;lr")
+        assert str(device_rr.uri).startswith("sips:")
+        assert str(device_rr.uri).endswith(f"@127.0.0.1:{tls_port};lr")
         assert str(caller_rr.uri) == f"sip:127.0.0.1:{udp_port};transport=udp;lr"
         # Its answer names a contact nobody can connect to; only the token gets us back.
         contact = ("Contact", "<sip:elsewhere@127.0.0.1:9;transport=tls>")

@@ -145,6 +145,24 @@ async def test_tcp_oversized_message_closes_only_that_connection(server):
     writer.close()
 
 
+async def test_connection_limits():
+    transport = SipTransport(lambda m, f: None, max_connections=1, first_message_timeout=0.2)
+    host, port = await transport.listen_stream("127.0.0.1", 0)
+    silent_reader, silent = await asyncio.open_connection(host, port)
+    # The first connection never says anything: closed after the timeout.
+    assert await asyncio.wait_for(silent_reader.read(), 2) == b""
+    _, talker = await asyncio.open_connection(host, port)
+    talker.write(request_bytes(1, transport="TCP"))
+    await talker.drain()
+    extra_reader, extra = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(extra_reader.read(), 2) == b""  # over the limit
+    await asyncio.sleep(0.3)
+    assert transport.connections == 1  # the talker stays past the timeout
+    for writer in (silent, talker, extra):
+        writer.close()
+    await transport.close()
+
+
 async def test_connect_failure_reports_error():
     transport = SipTransport(lambda m, f: None)
     await transport.listen_stream("127.0.0.1", 0)

@@ -278,6 +278,9 @@ class ProxyCore:
         the user part sends in-dialog requests for that side over that flow."""
         host, port = self.config.local[transport]
         user = f"{self.flow_token(flow)}@" if flow is not None else ""
+        if transport == "TLS":
+            # sips: keeps a SIPS dialog SIPS (§16.6 step 4) and means TLS to any UA.
+            return f"<sips:{user}{format_host(host)}:{port};lr>"
         return f"<sip:{user}{format_host(host)}:{port};transport={transport.lower()};lr>"
 
     def flow_token(self, flow: Flow) -> str:

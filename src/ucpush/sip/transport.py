@@ -5,7 +5,8 @@ Bytes in, parsed messages out: every received message is handed to ``on_message`
 gets ``received``, and ``rport`` filled in). Input that does not parse is answered with the
 parser's 400/505 when the request's Via/From/To/Call-ID/CSeq were readable and dropped
 otherwise; the socket or connection keeps serving (a stream whose framing is lost is closed,
-since nothing after it can be trusted). Messages are bounded by ``max_message_size``.
+since nothing after it can be trusted). Messages are bounded by ``max_message_size``, inbound
+connections by ``max_connections`` and by ``first_message_timeout`` for the first message.
 
 Stream connections, inbound and outbound, live in one table keyed by ``Flow`` so a request to
 a peer reuses the connection the peer opened (RFC 3261 §18, RFC 5626 flows) and responses go
@@ -46,6 +47,10 @@ MessageHandler = Callable[[SipRequest | SipResponse, Flow], None]
 ErrorCallback = Callable[[], None]
 # Outbound TCP/TLS connects give up after this long (well below Timer B/F).
 CONNECT_TIMEOUT = 10.0
+# Inbound connections: at most this many, each closed if no SIP message comes within the
+# timeout (a registered device's connection then lives as long as the device keeps it).
+DEFAULT_MAX_CONNECTIONS = 20000
+FIRST_MESSAGE_TIMEOUT = 30.0
 _STUN_COOKIE = bytes.fromhex("2112a442")
 
 
@@ -115,13 +120,23 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: list[tuple[bytes, ErrorCallback | None]] = []
         self.closed = False
+        self._silence: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         if self.flow is None:  # inbound
             host, port = _peer(self.transport.get_extra_info("peername"))
             self.flow = Flow(self.name, host, port)
+            if self.owner.connections >= self.owner.max_connections:
+                log.warning("sip.transport.too_many_connections", flow=str(self.flow))
+                self.closed = True
+                self.transport.abort()
+                return
             self.owner.add_stream(self)
+            # A peer that connects and never sends a request only holds a socket.
+            self._silence = asyncio.get_running_loop().call_later(
+                self.owner.first_message_timeout, self.transport.abort
+            )
         for raw, _ in self.pending:
             self.transport.write(raw)
         self.pending.clear()
@@ -134,6 +149,9 @@ class _Stream(asyncio.Protocol):
             return  # already broken and closing
         for event in events:
             if isinstance(event, MessageReceived):
+                if self._silence is not None:
+                    self._silence.cancel()
+                    self._silence = None
                 self.owner.deliver(event.message, self.flow)
             elif isinstance(event, InvalidMessage):
                 self.owner.reject(event.error, self.flow, self.write)
@@ -156,6 +174,8 @@ class _Stream(asyncio.Protocol):
         self.fail()
 
     def fail(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
         if self.closed:
             return
         self.closed = True
@@ -176,9 +196,13 @@ class SipTransport:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         client_ssl: ssl.SSLContext | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
     ) -> None:
         self.on_message = on_message
         self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.first_message_timeout = first_message_timeout
         self.client_ssl = client_ssl
         # Bound (host, port) per transport; what Via and Record-Route advertise.
         self.local: dict[str, tuple[str, int]] = {}

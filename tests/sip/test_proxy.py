@@ -163,7 +163,7 @@ def test_flow_tokens_route_in_dialog_requests_both_ways(core):
     assert in_dialog(rr[::-1], caller).flow == device
     # A token for the flow the request came from means "the other way": route by R-URI.
     assert in_dialog(rr[::-1], device).flow is None
-    forged = rr[0].replace("sip:", "sip:AAAA", 1)
+    forged = rr[0].replace("sips:", "sips:AAAA", 1)  # a token whose MAC does not match
     assert in_dialog([forged], caller) == Routed(popped=True, flow=None)
 
 

@@ -37,6 +37,17 @@ async def test_fork_one_answers_other_cancelled_with_reason(harness, transport):
     await loser.succeeded()
 
 
+async def test_fork_across_transports_uses_double_record_route_and_flow_tokens(harness):
+    # Caller on UDP, devices on TCP: ACK and BYE come back over UDP and must reach the
+    # answering device over its own TCP connection.
+    winner = await harness.device("device_answers.xml", "t1")
+    loser = await harness.device("device_cancelled.xml", "t1")
+    caller = await harness.sipp("caller_answered.xml", "u1")
+    await caller.succeeded()
+    await winner.succeeded()
+    await loser.succeeded()
+
+
 @TRANSPORTS
 async def test_caller_cancel_gets_487_and_every_branch_is_cancelled(harness, transport):
     devices = [await harness.device("device_trying_cancelled.xml", transport) for _ in range(2)]

@@ -197,6 +197,7 @@ class SipNode:
             handle.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        log.info("sip.stopped")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -11,7 +11,9 @@ import typer
 from ucpush import __version__
 from ucpush.cli.common import settings_from
 from ucpush.relay.cli import app as relay_app
+from ucpush.signin.cli import app as signin_app
 from ucpush.sim.cli import app as sim_app
+from ucpush.sip.cli import app as sip_app
 from ucpush.store.cli import app as db_app
 
 app = typer.Typer(
@@ -28,6 +30,8 @@ app = typer.Typer(
 )
 app.add_typer(relay_app, name="relay")
 app.add_typer(sim_app, name="sim", help="Local APNs and FCM simulators for offline use and tests.")
+app.add_typer(sip_app, name="sip", help="SIP users and registered bindings.")
+app.add_typer(signin_app, name="signin", help="End users, devices and client configuration.")
 app.add_typer(db_app, name="db", help="Database schema.")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

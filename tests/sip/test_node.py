@@ -250,6 +250,20 @@ async def test_options_to_the_node_itself(store, tmp_path, ca):
         await node.close()
 
 
+async def test_trying_leaves_before_an_immediate_final(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    peer = Peer()
+    await peer.transport.listen_udp("127.0.0.1", 0)
+    try:
+        invite = peer.request("INVITE", f"sip:bob@{DOMAIN}", "UDP")
+        invite.headers.set("Max-Forwards", "0")
+        peer.transport.send(invite, _node_flow(node, "UDP"))
+        assert [(await peer.response()).status for _ in range(2)] == [100, 483]
+    finally:
+        await peer.transport.close()
+        await node.close()
+
+
 async def test_branch_ignoring_cancel_is_given_up_after_64_t1(store, tmp_path, ca):
     node = await start_node(store, tmp_path, ca, TimerConfig(t1=0.02))
     device, caller = Peer(), Peer()

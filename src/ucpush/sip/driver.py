@@ -35,6 +35,7 @@ from ucpush.sip.transaction import (
 from ucpush.sip.transport import SipTransport
 
 _TIMERS = TimerConfig()
+_ORDER: dict[type, int] = {DeliverToTU: 1, Terminated: 2}
 
 
 class TransactionUser(Protocol):
@@ -142,6 +143,10 @@ class TransactionDriver:
     # the action loop
 
     def _run(self, tx: Transaction | None, actions: list[Action], flow: Flow | None) -> None:
+        # The TU hears of a message after the transaction's own sends and timers (so a new
+        # INVITE's 100 Trying leaves before anything the TU sends at once), but before the
+        # transaction is forgotten.
+        actions = sorted(actions, key=lambda a: _ORDER.get(type(a), 0))
         for action in actions:
             if isinstance(action, Transmit):
                 assert tx is not None

@@ -210,7 +210,3 @@ class TransactionDriver:
             handle.cancel()
         self._server_flows.pop(id(tx), None)
         self._client_flows.pop(id(tx), None)
-
-    @property
-    def pending_timers(self) -> int:
-        return sum(len(timers) for timers in self._timers.values())

@@ -140,7 +140,7 @@ class Harness:
     async def device(
         self, ooc: str, transport: str, *, user: str = "bob", contact_params: str = ""
     ) -> Sipp:
-        """A registered device whose INVITE handling is ``ooc``; stays up about 3 s."""
+        """A registered device whose INVITE handling is ``ooc``; stays up about 4 s."""
         aor = f"sip:{user}@{DOMAIN}"
         before = len(await self.store.sip.list_bindings(aor))
         if before and self.node.registrar.registrar.auth is not None:
@@ -151,7 +151,7 @@ class Harness:
             "register.xml",
             transport,
             oocsf=ooc,
-            duration_ms=3000,
+            duration_ms=4000,
             user=user,
             keys={"contact_params": contact_params},
         )

@@ -94,7 +94,8 @@ class SipSettings(Section):
     mode: Literal["registrar", "gateway"] = "registrar"
     upstream: str = ""
     min_expires: int = Field(60, ge=1)
-    max_expires: int = Field(3600, ge=1)
+    # Above 120 s: push bindings are refreshed by a push 120 s before they lapse (RFC 8599).
+    max_expires: int = Field(3600, ge=121)
     push_providers: list[str] = ["apns", "fcm"]
     invite_timeout: float = Field(180.0, gt=0, description="seconds (Timer C)")
     max_message_size: int = Field(65535, ge=1500, le=1 << 20)

@@ -139,8 +139,8 @@ class SipNode:
             max_expires=settings.max_expires,
             default_expires=settings.max_expires,
             push_providers=frozenset(settings.push_providers),
-            # A max_expires of 120 s or less leaves no time for a refresh push (RFC 8599 §5.5):
-            # the registrar refuses that configuration.
+            # Push bindings must outlive their refresh push (RFC 8599 §5.5); the settings keep
+            # max_expires above PUSH_REFRESH_LEAD.
             push_min_expires=min(2 * PUSH_REFRESH_LEAD, settings.max_expires),
         )
         if settings.mode == "gateway":

@@ -19,7 +19,7 @@ from tests.sip.sipp_harness import free_port
 from ucpush.config import SipSettings
 from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
-from ucpush.sip.resolve import Flow
+from ucpush.sip.resolve import Flow, format_host
 from ucpush.sip.server import SipNode
 from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
@@ -62,7 +62,7 @@ class Peer:
     ) -> SipRequest:
         host, port = self.transport.local[transport]
         items = [
-            ("Via", f"SIP/2.0/{transport} {host}:{port};branch={new_branch()};rport"),
+            ("Via", f"SIP/2.0/{transport} {format_host(host)}:{port};branch={new_branch()};rport"),
             ("Max-Forwards", "70"),
             ("From", f"<sip:{user}@{DOMAIN}>;tag={new_tag()}"),
             ("To", f"<sip:{to}@{DOMAIN}>"),
@@ -119,7 +119,7 @@ async def start_node(
 
 async def register(peer: Peer, node: SipNode, transport: str, contact_params: str = "") -> None:
     host, port = peer.transport.local[transport]
-    contact = f"<sip:bob@{host}:{port};transport={transport.lower()}{contact_params}>"
+    contact = f"<sip:bob@{format_host(host)}:{port};transport={transport.lower()}{contact_params}>"
     request = peer.request(
         "REGISTER",
         f"sip:{DOMAIN}",
@@ -179,6 +179,29 @@ async def test_tls_device_gets_the_call_over_its_own_connection(store, tmp_path,
             assert arrived_flow == flow and not arrived.headers.get("Route")
         device.transport.send(make_response(arrived, 200), arrived_flow)
         assert (await caller.response()).status == 200
+    finally:
+        for t in (device.transport, caller.transport):
+            await t.close()
+        await node.close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+async def test_ipv6_call(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca, host="::1")
+    device, caller = Peer(), Peer()
+    await device.transport.listen_udp("::1", 0)
+    await caller.transport.listen_stream("::1", 0)
+    try:
+        await register(device, node, "UDP")
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "TCP")
+        caller.transport.send(invite, _node_flow(node, "TCP"))
+        forwarded, flow = await device.next()
+        assert isinstance(forwarded, SipRequest) and flow.host == "::1"
+        assert forwarded.top_via.host == "[::1]"
+        routes = [str(r.uri) for r in forwarded.record_routes]
+        assert routes and all("[::1]:" in r for r in routes)
+        device.transport.send(make_response(forwarded, 200, to_tag="v6"), flow)
+        assert (await caller.response(100)).status == 200
     finally:
         for t in (device.transport, caller.transport):
             await t.close()

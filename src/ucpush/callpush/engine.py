@@ -233,7 +233,8 @@ def _call_push(device: CallDevice) -> tuple[PushKind, PushType]:
     return PushKind.CALL, PushType.VOIP
 
 
-def _follow_up(device: CallDevice, outcome: CallOutcome) -> SendPush:
+def follow_up_push(device: CallDevice, outcome: CallOutcome) -> SendPush:
+    """The second push ``device`` gets when the call ended with ``outcome``."""
     match outcome:
         case CallOutcome.ANSWERED | CallOutcome.ANSWERED_ELSEWHERE:
             kind, reason = PushKind.CANCEL, CancelReason.ANSWERED_ELSEWHERE
@@ -298,9 +299,8 @@ class CallPush:
     def done(self) -> bool:
         return self._done
 
-    @property
-    def device_ids(self) -> list[str]:
-        return list(self._devices)
+    def device(self, device_id: str) -> CallDevice:
+        return self._devices[device_id].info
 
     # events
 
@@ -387,7 +387,7 @@ class CallPush:
         actions: list[Action] = []
         if self._needs_follow_up(dev):
             dev.followed_up = True
-            actions.append(_follow_up(dev.info, self._outcome))
+            actions.append(follow_up_push(dev.info, self._outcome))
         return actions + self._maybe_done(now)
 
     def cancelled(self, now: float, cause: int | None = None) -> list[Action]:
@@ -435,7 +435,7 @@ class CallPush:
         actions: list[Action] = []
         if self._needs_follow_up(dev):
             dev.followed_up = True
-            actions.append(_follow_up(dev.info, self._outcome))
+            actions.append(follow_up_push(dev.info, self._outcome))
         return actions + self._maybe_done(now)
 
     def timer_fired(self, now: float, name: str) -> list[Action]:
@@ -535,7 +535,7 @@ class CallPush:
             actions += self._suppress(dev)
             if self._needs_follow_up(dev):
                 dev.followed_up = True
-                actions.append(_follow_up(dev.info, outcome))
+                actions.append(follow_up_push(dev.info, outcome))
         return actions + self._maybe_done(now)
 
     def _maybe_done(self, now: float) -> list[Action]:
@@ -560,7 +560,7 @@ class CallPush:
         for dev in self._devices.values():
             if dev.push is _Push.SENDING and not dev.followed_up and not dev.via_sip:
                 dev.followed_up = True
-                actions.append(_follow_up(dev.info, self._outcome))
+                actions.append(follow_up_push(dev.info, self._outcome))
         self._done = True
         return [*actions, self._done_action()]
 

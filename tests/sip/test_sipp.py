@@ -37,6 +37,16 @@ async def test_fork_one_answers_other_cancelled_with_reason(harness, transport):
     await loser.succeeded()
 
 
+@TRANSPORTS
+async def test_6xx_cancels_the_other_branch_and_wins(harness, transport):
+    decliner = await harness.device("device_declines.xml", transport)
+    ringing = await harness.device("device_cancelled_declined.xml", transport)
+    caller = await harness.sipp("caller_declined.xml", transport)
+    await caller.succeeded()
+    await decliner.succeeded()
+    await ringing.succeeded()
+
+
 async def test_fork_across_transports_uses_double_record_route_and_flow_tokens(harness):
     # Caller on UDP, devices on TCP: ACK and BYE come back over UDP and must reach the
     # answering device over its own TCP connection.

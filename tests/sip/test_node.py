@@ -19,6 +19,7 @@ from tests.sip.sipp_harness import free_port
 from ucpush.config import SipSettings
 from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
+from ucpush.sip.registrar import BindingAdded, BindingEvent, BindingRemoved
 from ucpush.sip.resolve import Flow, format_host
 from ucpush.sip.server import SipNode
 from ucpush.sip.transaction import TimerConfig
@@ -209,14 +210,31 @@ async def test_ipv6_call(store, tmp_path, ca):
 
 
 class RecordingPush:
-    def __init__(self) -> None:
+    """Records the hook's calls; with ``wake``, holds the call until the AOR registers again
+    and returns that binding (what call push does after the push went out)."""
+
+    def __init__(self, *, wake: bool = False) -> None:
+        self.wake = wake
         self.calls: list[tuple[str, list[Binding]]] = []
+        self.events: list[BindingEvent] = []
+        self._woken: dict[str, asyncio.Future[Binding]] = {}
+        self.held = asyncio.Event()
 
     async def on_unreachable(
         self, request: SipRequest, aor: str, bindings: Sequence[Binding]
     ) -> Sequence[Binding]:
         self.calls.append((aor, list(bindings)))
-        return []
+        if not self.wake:
+            return []
+        woken = self._woken[aor] = asyncio.get_running_loop().create_future()
+        self.held.set()
+        return [await asyncio.wait_for(woken, 5)]
+
+    def on_binding_event(self, event: BindingEvent) -> None:
+        self.events.append(event)
+        woken = self._woken.pop(event.binding.aor, None)
+        if woken is not None and not isinstance(event, BindingRemoved):
+            woken.set_result(event.binding)
 
 
 async def test_push_only_bindings_go_to_the_push_handler(store, tmp_path, ca):
@@ -238,6 +256,36 @@ async def test_push_only_bindings_go_to_the_push_handler(store, tmp_path, ca):
         assert [(b.pn_provider, b.pn_prid) for b in bindings] == [("fcm", "tok1")]
     finally:
         await caller.transport.close()
+        await node.close()
+
+
+async def test_push_handler_holds_the_call_until_the_device_registers_again(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    node.push = push = RecordingPush(wake=True)
+    device, caller = Peer(), Peer()
+    await device.transport.listen_stream("127.0.0.1", 0)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    pn = ";pn-provider=fcm;pn-prid=tok1;pn-param=proj1"
+    try:
+        await register(device, node, "TCP", pn)
+        assert [type(e) for e in push.events] == [BindingAdded]
+        await device.transport.close()  # backgrounded
+        await asyncio.sleep(0.05)
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "UDP")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        assert (await caller.response()).status == 100
+        await asyncio.wait_for(push.held.wait(), 5)
+        # The push woke the app: it connects again and re-registers.
+        device = Peer()
+        await device.transport.listen_stream("127.0.0.1", 0)
+        await register(device, node, "TCP", pn)
+        forwarded, flow = await device.next()
+        assert isinstance(forwarded, SipRequest) and forwarded.method == "INVITE"
+        device.transport.send(make_response(forwarded, 200, to_tag="woken"), flow)
+        assert (await caller.response()).status == 200
+    finally:
+        for t in (device.transport, caller.transport):
+            await t.close()
         await node.close()
 
 

@@ -19,13 +19,16 @@ import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ucpush.sip.helpers import build_cancel, make_response, new_tag
 from ucpush.sip.message import MAGIC_COOKIE, SipRequest, SipResponse
 from ucpush.sip.resolve import DEFAULT_PORTS, Flow, Hop, format_host, next_hop, strip_brackets
 from ucpush.sip.uri import URI, SipURI, parse_name_addr
 from ucpush.store.repository import Binding
+
+if TYPE_CHECKING:
+    from ucpush.sip.registrar import BindingEvent
 
 DEFAULT_MAX_FORWARDS = 70
 # Our branches carry a hash of the request (loop detection, §16.3 step 4) after this prefix.
@@ -53,6 +56,10 @@ class PushHandler(Protocol):
     async def on_unreachable(
         self, request: SipRequest, aor: str, bindings: Sequence[Binding]
     ) -> Sequence[Binding]: ...
+
+    def on_binding_event(self, event: BindingEvent) -> None:
+        """A binding was added, refreshed or removed; called once the change is stored and
+        before the REGISTER's 2xx leaves (a woken device's REGISTER releases its call)."""
 
 
 @dataclass(frozen=True, slots=True)

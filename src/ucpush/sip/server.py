@@ -45,6 +45,7 @@ from ucpush.sip.proxy import (
 )
 from ucpush.sip.registrar import (
     PUSH_REFRESH_LEAD,
+    BindingEvent,
     Registrar,
     RegistrarConfig,
     RegistrarService,
@@ -212,7 +213,7 @@ class SipNode:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            await self.registrar.sweep(datetime.now(UTC))
+            self._publish(await self.registrar.sweep(datetime.now(UTC)))
 
     # transport -> transactions
 
@@ -411,7 +412,13 @@ class SipNode:
         outcome = await self.registrar.register(request, source=source, now=datetime.now(UTC))
         if outcome.reason != "ok" and outcome.response.status != 401:
             log.info("sip.register.refused", aor=outcome.aor, reason=outcome.reason)
+        self._publish(outcome.events)
         self.driver.respond(tx, outcome.response)
+
+    def _publish(self, events: Sequence[BindingEvent]) -> None:
+        if self.push is not None:
+            for event in events:
+                self.push.on_binding_event(event)
 
     def _relay_register(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
         """Gateway mode: REGISTER goes upstream with our Path (RFC 3327) so the PBX routes the
@@ -458,6 +465,7 @@ class SipNode:
         outcome = await self.registrar.register(copy, source=source, now=datetime.now(UTC))
         if outcome.reason != "ok":
             log.info("sip.gateway.binding_not_kept", aor=outcome.aor, reason=outcome.reason)
+        self._publish(outcome.events)
 
     # proxying
 

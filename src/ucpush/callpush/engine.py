@@ -200,7 +200,6 @@ class _Device:
     uri: URI | None
     push: _Push = _Push.NONE
     forwarded: bool = False
-    ringing: bool = False
     via_sip: bool = False  # SIP carries the call's outcome to it (INVITE reached it)
     followed_up: bool = False  # follow-up push or late INVITE+CANCEL issued
     branch_open: bool = False  # forwarded, the proxy has not told how its branch ended
@@ -370,7 +369,7 @@ class CallPush:
         self._rang = True
         dev = self._devices.get(device_id) if device_id is not None else None
         if dev is not None:
-            dev.ringing = dev.via_sip = True
+            dev.via_sip = True
             actions += self._suppress(dev)
         return actions
 
@@ -379,7 +378,7 @@ class CallPush:
         dev = self._devices.get(device_id)
         if dev is None or status < 300 or self._done:
             return []
-        dev.ringing = dev.branch_open = False
+        dev.branch_open = False
         if status in _UNREACHED:
             dev.via_sip = False
         if self._outcome is None:

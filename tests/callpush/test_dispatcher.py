@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -25,12 +26,12 @@ from ucpush.callpush.dispatcher import (
     SigninDirectory,
 )
 from ucpush.callpush.engine import CallDevice, CallPushConfig, CancelReason, PushKind, SendPush
-from ucpush.callpush.payload import PUBLIC_KEY, PayloadBuilder
+from ucpush.callpush.payload import PUBLIC_KEY, PayloadBuilder, PayloadPolicy
 from ucpush.crypto import jwe
 from ucpush.relay.client import RelayClient
 from ucpush.relay.providers.base import PushType
 from ucpush.sip.registrar import BindingRefreshed
-from ucpush.store.repository import Binding, Platform, PushState
+from ucpush.store.repository import Binding, Device, Platform, PushState
 
 NODE = "sip:node1.example.org;transport=tls"
 TOKEN = "ab" * 32  # the token tests.signin.helpers registers devices with
@@ -301,3 +302,68 @@ async def test_hook_answers_at_once_when_every_push_fails(stack: Stack, node: No
         )
     assert time.monotonic() - started < 3.0  # not the 13 s drop timer
     assert handler.calls("sip:alice@example.org") == []
+
+
+# the device directory
+
+
+class Devices:
+    def __init__(self, *devices: Device) -> None:
+        self.devices = list(devices)
+
+    async def list_devices(self, user_id: str | None = None) -> list[Device]:
+        return self.devices
+
+
+def store_device(**changes: Any) -> Device:
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "id": "iphone-1",
+        "user_id": "u1",
+        "platform": Platform.IOS,
+        "service": "APNS",
+        "push_token": "tok-new",
+        "push_key": PUSH_KEY,
+        "push_key_id": "k2",
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(changes)
+    return Device(**values)
+
+
+async def test_directory_links_bindings_to_devices_and_pushes_bare_bindings_from_pn_params() -> (
+    None
+):
+    directory = SigninDirectory(
+        Devices(
+            store_device(pn_prid="tok-old"),
+            store_device(id="signed-out", push_token="tok-so", push_state=PushState.SIGNED_OUT),
+        )
+    )
+    by_prid = binding("a", prid="tok-old", instance="")
+    bare_fcm = replace(binding("f", prid="fcm-1", instance=""), pn_provider="fcm")
+    bare_dev = replace(binding("d", prid="dd", instance=""), pn_provider="apns.dev")
+    signed_out = binding("s", prid="tok-so", instance="")
+    pairs = await directory.call_devices([by_prid, bare_fcm, bare_dev, signed_out])
+    assert [(d.id, t.service, t.token, bool(t.key)) for d, t in pairs] == [
+        ("iphone-1", "APNS", "tok-new", True),
+        ("b-f", "FCM", "fcm-1", False),
+        ("b-d", "APNS:dev", "dd", False),
+    ]
+    # The device's current and linked tokens let a rotated pn-prid match the held call.
+    assert pairs[0][0].prids == frozenset({"tok-new", "tok-old"})
+    assert pairs[1][1].platform is Platform.ANDROID
+
+
+async def test_keyless_device_gets_nothing_when_policy_forbids(stack: Stack, node: Node) -> None:
+    stack.apns.register_device("cd" * 32, BUNDLE)
+    [(_, target)] = await targets(node, binding("bare", prid="cd" * 32))
+    async with await stack.enrolled_client() as client:
+        d = PushDispatcher(
+            client,
+            PayloadBuilder(NODE, PayloadPolicy(pii_free_without_key=False)),
+            node.signin.repo,
+        )
+        assert not await d.send(invite(), CALL, target)
+    assert stack.apns.delivered == []

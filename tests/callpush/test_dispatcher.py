@@ -251,7 +251,7 @@ async def test_hook_wakes_holds_and_forwards_on_re_register(stack: Stack, node: 
         registered = time.monotonic()
         handler.on_binding_event(BindingRefreshed(fresh, device_binding()))
         assert await asyncio.wait_for(held, 5) == [fresh]
-        assert time.monotonic() - registered < 0.05
+        assert time.monotonic() - registered < 0.25  # at once, not on a timer
         await eventually(lambda: len(stack.apns.delivered) == 3)
         await run.wait_closed()
     cancel = stack.apns.delivered[2]
@@ -282,7 +282,7 @@ async def test_hook_drops_after_the_timer_with_a_missed_call_push(stack: Stack, 
         assert await held == []
         elapsed = time.monotonic() - started
         await run.wait_closed()
-    assert drop_after <= elapsed < drop_after + 0.3
+    assert drop_after <= elapsed < drop_after + 1.0
     kinds = [
         json.loads(jwe.decrypt(json.loads(d.payload)["jwe"], PUSH_KEY))["type"]
         for d in stack.apns.delivered

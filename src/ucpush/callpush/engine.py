@@ -27,7 +27,9 @@ them out. Rules (SPEC §2, issue 5, RFC 8599 §5.6.2):
 
 Final responses: the engine answers the caller (``Respond``) only while it alone holds the
 INVITE, i.e. no live branch was forked and nothing was forwarded yet; after that the proxy's
-fork context answers and tells the engine through ``final_response``.
+fork context answers and tells the engine through ``final_response``. ``Done`` comes once the
+call is over and every push result and forwarded branch outcome is in (or ``linger`` passed):
+until then either may still call for a follow-up.
 """
 
 from __future__ import annotations

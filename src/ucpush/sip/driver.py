@@ -117,6 +117,13 @@ class TransactionDriver:
         self._run(tx, actions, None)
         return tx
 
+    def close(self) -> None:
+        """Cancel every transaction timer (the node is stopping)."""
+        for timers in self._timers.values():
+            for handle in timers.values():
+                handle.cancel()
+        self._timers.clear()
+
     def abandon(self, tx: ClientTransaction) -> None:
         """Drop a client transaction that will never complete (an INVITE branch that ignored
         our CANCEL, RFC 3261 §9.1), without telling the TU."""

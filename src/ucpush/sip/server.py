@@ -197,6 +197,7 @@ class SipNode:
         for handle in [*self._expiry.values(), *self._give_ups.values()]:
             handle.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.driver.close()
         await self.transport.close()
         log.info("sip.stopped")
 

@@ -1,3 +1,3 @@
-from ucpush.cli import main
+from ucpush.cli.main import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ucpush.cli import app
+from ucpush.cli.main import app
 from ucpush.sim.credentials import make_apns_key
 
 VOUCHER = re.compile(r"^[A-Z2-7]{4}(?:-[A-Z2-7]{4}){5}$", re.M)

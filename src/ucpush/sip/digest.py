@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,6 +39,9 @@ _NC_RE = re.compile(r"[0-9a-fA-F]{8}")
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _REQUIRED = ("username", "realm", "nonce", "uri", "response")
 _TIMESTAMP_BYTES = 8
+# Random per challenge: two UAs challenged in the same second must not share a nonce, or the
+# second one's nc=1 would look like a replay of the first's.
+_SALT_BYTES = 8
 _MAC_BYTES = 16
 # Clock skew tolerated between cluster nodes issuing and checking a nonce.
 _SKEW_SECONDS = 30
@@ -231,7 +235,7 @@ class DigestAuth:
         return hmac.new(self._secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def make_nonce(self, now: datetime) -> str:
-        stamp = int(now.timestamp()).to_bytes(_TIMESTAMP_BYTES, "big")
+        stamp = int(now.timestamp()).to_bytes(_TIMESTAMP_BYTES, "big") + os.urandom(_SALT_BYTES)
         return base64.urlsafe_b64encode(stamp + self._mac(stamp)).decode("ascii").rstrip("=")
 
     def _nonce_age(self, nonce: str, now: datetime) -> int | None:
@@ -240,12 +244,13 @@ class DigestAuth:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (binascii.Error, ValueError):
             return None
-        if len(raw) != _TIMESTAMP_BYTES + _MAC_BYTES:
+        signed = _TIMESTAMP_BYTES + _SALT_BYTES
+        if len(raw) != signed + _MAC_BYTES:
             return None
-        stamp, mac = raw[:_TIMESTAMP_BYTES], raw[_TIMESTAMP_BYTES:]
+        stamp, mac = raw[:signed], raw[signed:]
         if not hmac.compare_digest(mac, self._mac(stamp)):
             return None
-        age = int(now.timestamp()) - int.from_bytes(stamp, "big")
+        age = int(now.timestamp()) - int.from_bytes(stamp[:_TIMESTAMP_BYTES], "big")
         return None if age < -_SKEW_SECONDS else age
 
     def challenge(

@@ -191,6 +191,18 @@ async def test_device_deletion_closes_the_session(node: Node) -> None:
     assert await closed_with(ws) == (4410, "410 device deleted")
 
 
+async def test_another_user_cannot_end_my_session(node: Node) -> None:
+    ws = await node.session()
+    bob = {"Authorization": f"Bearer {await node.ready_device('bob', 'iphone-2')}"}
+    answer = await node.http.post("/v1/signout", headers=bob, json={"device_id": "iphone-1"})
+    assert answer.status_code == 204
+    assert (await node.http.delete("/v1/devices/iphone-1", headers=bob)).status_code == 404
+    await ws.send('{"type":"keepalive"}')
+    assert json.loads(await ws.recv())["type"] == "keepalive-ack"
+    assert node.lpns.has_session("iphone-1")
+    await ws.close()
+
+
 async def test_user_deletion_closes_the_session(node: Node) -> None:
     ws = await node.session()
     await node.signin.delete_user("alice")
@@ -212,6 +224,16 @@ async def test_changes_made_elsewhere_end_sessions_at_the_recheck(node: Node) ->
     assert time.monotonic() - started < 2
     assert node.lpns.session_count == 0
     assert await node.lpns.recheck() == 0
+
+
+async def test_local_push_needs_refresh_login(node: Node) -> None:
+    ws = await node.session()
+    await node.signin.set_enterprise(oauth_refresh_login=False)
+    reason = "403 local push needs OAuth with refresh login flow enabled"
+    assert await closed_with(ws) == (4403, reason)  # at the next recheck
+    ws, answer = await node.hello(node.tokens["iphone-1"])
+    assert answer is None
+    assert await closed_with(ws) == (4403, reason)
 
 
 async def test_moving_to_an_unprovisioned_ssid_closes_the_session(node: Node) -> None:

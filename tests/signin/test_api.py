@@ -163,6 +163,7 @@ async def test_device_register_list_rotate_delete(
     service: SigninService, client: httpx.AsyncClient, sessions: RecordingSessions
 ) -> None:
     await provision(service)
+    alice_id = (await service.repo.get_user_by_name("alice")).id
     token = (await sign_in(client))["access_token"]
     created = await register(client, token)
     assert created["push_key_id"] == "k1" and created["previous_push_key_id"] is None
@@ -183,7 +184,7 @@ async def test_device_register_list_rotate_delete(
     assert answer.status_code == 409
     answer = await client.delete("/v1/devices/iphone-1", headers=bearer(token))
     assert answer.status_code == 204
-    assert sessions.closed[-1] == (None, "iphone-1", "device deleted")
+    assert sessions.closed[-1] == (alice_id, "iphone-1", "device deleted")
     answer = await client.delete("/v1/devices/iphone-1", headers=bearer(token))
     assert answer.status_code == 404
 
@@ -244,12 +245,13 @@ async def test_signout_stops_pushes_and_revokes(
     clock: Clock,
 ) -> None:
     await provision(service)
+    alice_id = (await service.repo.get_user_by_name("alice")).id
     grant = await sign_in(client)
     token = grant["access_token"]
     await register(client, token)
     answer = await client.post("/v1/signout", headers=bearer(token))
     assert answer.status_code == 204
-    assert sessions.closed[-1] == (None, "iphone-1", "signed out")
+    assert sessions.closed[-1] == (alice_id, "iphone-1", "signed out")
     assert (await service.repo.get_device("iphone-1")).push_state is PushState.SIGNED_OUT
     form = {"grant_type": "refresh_token", "refresh_token": grant["refresh_token"]}
     assert (await client.post("/oauth/token", data=form)).status_code == 400

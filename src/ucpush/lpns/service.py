@@ -236,13 +236,14 @@ class LpnsService:
         self, *, user: str | None = None, device: str | None = None, reason: str
     ) -> int:
         """Close (4410) the sessions of ``user`` and/or ``device``; return how many."""
+        if user is None and device is None:
+            return 0
         matching = [
             conn
-            for conn in self._connections
+            for conn in self._by_device.values()  # the live, authenticated sessions
             if conn.session.grant is not None
             and (user is None or conn.session.grant.user_id == user)
             and (device is None or conn.session.grant.device_id == device)
-            and (user is not None or device is not None)
         ]
         for conn in matching:
             self._end(conn, CLOSE_ENDED, f"410 {reason}")

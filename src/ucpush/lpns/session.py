@@ -120,6 +120,17 @@ Action = Send | Close | Authenticate | Acked | Nacked
 
 
 class Session:
+    # Slots: a node holds tens of thousands of these.
+    __slots__ = (
+        "_authenticating",
+        "_hello_deadline",
+        "_last_keepalive",
+        "grant",
+        "keepalive_seconds",
+        "ssid",
+        "state",
+    )
+
     def __init__(self, now: float, *, keepalive_seconds: float, hello_timeout: float) -> None:
         self.state = State.CONNECTING
         self.keepalive_seconds = keepalive_seconds

@@ -50,6 +50,10 @@ SERVICES_BY_PLATFORM = {
 }
 
 
+# SPEC §6: local push is offered only with OAuth refresh login on.
+_NEEDS_REFRESH_LOGIN = "403 local push needs OAuth with refresh login flow enabled"
+
+
 class SigninError(Exception):
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(detail)
@@ -263,7 +267,7 @@ class SigninService:
             )
         if old is not None and old.platform is Platform.IOS and reg.platform is not Platform.IOS:
             # Local push is iOS only: a device re-registered as Android keeps no session.
-            self._close(device=device_id, reason="device re-registered")
+            self._close(user=user.id, device=device_id, reason="device re-registered")
         await self.repo.put_device(device)
         return device
 
@@ -283,7 +287,7 @@ class SigninService:
         await self._own_device(user, device_id)
         await self.repo.revoke_device_refresh_tokens(user.id, device_id, self._now())
         await self.repo.delete_device(device_id)
-        self._close(device=device_id, reason="device deleted")
+        self._close(user=user.id, device=device_id, reason="device deleted")
 
     async def sign_out(self, user: EndUser, device_id: str) -> None:
         """Revoke the device's refresh tokens and stop pushes to it until it registers again."""
@@ -295,7 +299,7 @@ class SigninService:
             pass  # signed in but never registered a device: only tokens to revoke
         else:
             await self.repo.set_push_state(device_id, PushState.SIGNED_OUT, now)
-        self._close(device=device_id, reason="signed out")
+        self._close(user=user.id, device=device_id, reason="signed out")
 
     # client configuration
 
@@ -320,6 +324,8 @@ class SigninService:
             raise LocalPushRefused(4401, f"401 {exc.detail}", invalid_token=True) from None
         if claims.device_id and claims.device_id != device_id:
             raise LocalPushRefused(4403, "403 token was issued to another device")
+        if not (await self.repo.get_enterprise()).oauth_refresh_login:
+            raise LocalPushRefused(4403, _NEEDS_REFRESH_LOGIN)
         try:
             device = await self._own_device(user, device_id)
         except SigninError:
@@ -340,6 +346,10 @@ class SigninService:
         that must end now (user or device deleted, signed out, SSID no longer provisioned)."""
         if not sessions:
             return {}
+        if not (await self.repo.get_enterprise()).oauth_refresh_login:
+            return {
+                grant.device_id: (CLOSE_FORBIDDEN, _NEEDS_REFRESH_LOGIN) for grant, _ in sessions
+            }
         # Whole-table reads: one query each per round, however many sessions there are.
         # Devices first: a user deleted between the two reads is then reported as such.
         devices = {d.id: d for d in await self.repo.list_devices()}

@@ -94,6 +94,12 @@ class RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -218,6 +224,9 @@ async def setup(tmp: Path, relay_port: int, p8_file: Path) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer pushes (smoke run)")
+    parser.add_argument(
+        "--only", type=int, metavar="N", help="one concurrency (e.g. to profile the relay)"
+    )
     args = parser.parse_args()
     if not shutil.which("h2load"):
         sys.exit("h2load not found: install Debian package nghttp2-client (./dev does)")
@@ -226,6 +235,8 @@ def main() -> None:
         if args.quick
         else [(1, 2000), (100, 20000), (1000, 20000)]
     )
+    if args.only is not None:
+        plan = [(n, total) for n, total in plan if n == args.only] or [(args.only, 20000)]
     tmp = Path(tempfile.mkdtemp(prefix="ucpush-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
@@ -241,9 +252,8 @@ def main() -> None:
             "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
             "UCPUSH_SIM__FCM_PORT": str(free_port()),
         }
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "ucpush", "sim", "serve"], env=sim_env)
-        )
+        sim = subprocess.Popen([sys.executable, "-m", "ucpush", "sim", "serve"], env=sim_env)
+        procs.append(sim)
         wait_http(f"{sim_url}/_sim/delivered", http2=True)
         with httpx.Client(http1=False, http2=True) as c:
             c.post(
@@ -287,9 +297,13 @@ def main() -> None:
         for inflight, total in plan:
             clear(sim_url)
             sampler.peak_kb = 0
+            cpu_before = {name: cpu_seconds(p.pid) for name, p in (("relay", relay), ("sim", sim))}
             r = through_relay(relay_url, access, body_file, total, inflight, tmp)
             r["delivered"] = delivered(sim_url)
             r["rss_mb"] = sampler.peak_kb / 1024
+            # CPU per push shows which process limits the rate on a shared machine.
+            for name, p in (("relay", relay), ("sim", sim)):
+                r[f"{name}_cpu_us"] = (cpu_seconds(p.pid) - cpu_before[name]) / total * 1e6
             row = {"inflight": inflight, "pushes": total, "relay": r}
             for kind in ("h2client", "httpx"):
                 clear(sim_url)
@@ -311,6 +325,7 @@ def main() -> None:
     table = Table(title="relay throughput: APNs simulator, VoIP pushes, same run")
     columns = (
         "in flight", "pushes", "relay push/s", "relay p50 ms", "relay p99 ms", "relay RSS MB",
+        "relay CPU µs/push", "sim CPU µs/push",
         "direct h2 push/s", "direct h2 p99 ms", "httpx push/s", "httpx p99 ms",
         "relay/direct h2", "relay/httpx", "lost",
     )  # fmt: skip
@@ -332,7 +347,8 @@ def main() -> None:
         lost = sum(res["pushes"] - part["delivered"] for part in (r, h, x))
         row = [
             str(res["inflight"]), str(res["pushes"]), f"{r['rate']:.0f}", f"{r['p50_ms']:.1f}",
-            f"{r['p99_ms']:.1f}", f"{r['rss_mb']:.0f}", f"{h['rate']:.0f}", f"{h['p99_ms']:.1f}",
+            f"{r['p99_ms']:.1f}", f"{r['rss_mb']:.0f}", f"{r['relay_cpu_us']:.0f}",
+            f"{r['sim_cpu_us']:.0f}", f"{h['rate']:.0f}", f"{h['p99_ms']:.1f}",
             f"{x['rate']:.0f}", f"{x['p99_ms']:.1f}", f"{r['rate'] / h['rate']:.2f}",
             f"{r['rate'] / x['rate']:.2f}", str(lost),
         ]  # fmt: skip

@@ -278,8 +278,9 @@ async def handle_push(relay: RelayService, authorization: str, body: bytes) -> J
 
 
 class PushEndpoint:
-    """Serves ``POST /v1/push`` ahead of FastAPI's routing, dependency and exit-stack layers,
-    which cost more per push than the relay's own work; everything else passes through."""
+    """Serves ``POST /v1/push`` ahead of FastAPI and Starlette's middleware, routing,
+    dependency and exit-stack layers, which cost more per push than the relay's own work;
+    everything else goes on to ``app``."""
 
     def __init__(self, app: ASGIApp, relay: RelayService, limit: int) -> None:
         self.app = app
@@ -337,7 +338,9 @@ async def _bearer(request: Request) -> AccessClaims:
 Claims = Annotated[AccessClaims, Depends(_bearer)]
 
 
-def create_app(relay: RelayService, public_url: str) -> FastAPI:
+def create_app(relay: RelayService, public_url: str) -> PushEndpoint:
+    """The relay's ASGI application: ``PushEndpoint`` in front of the FastAPI app
+    (``.app``), so pushes skip Starlette's middleware stack entirely."""
     app = FastAPI(
         title="ucpush relay",
         version=__version__,
@@ -454,5 +457,4 @@ def create_app(relay: RelayService, public_url: str) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=relay.settings.max_body_bytes)
-    app.add_middleware(PushEndpoint, relay=relay, limit=relay.settings.max_body_bytes)
-    return app
+    return PushEndpoint(app, relay, relay.settings.max_body_bytes)

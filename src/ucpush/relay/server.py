@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi import FastAPI
 
 from ucpush.config import Settings
-from ucpush.relay.api import create_app
+from ucpush.relay.api import PushEndpoint, create_app
 from ucpush.relay.identity import Identity
 from ucpush.relay.providers.apns import ApnsProvider
 from ucpush.relay.providers.base import Provider
@@ -25,7 +24,7 @@ from ucpush.store import Store, open_store
 class RunningRelay:
     service: RelayService
     url: str
-    app: FastAPI
+    app: PushEndpoint
     server: uvicorn.Server
 
 
@@ -76,6 +75,7 @@ async def run_relay(settings: Settings, store: Store | None = None) -> AsyncIter
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # X-Forwarded-* is not trusted; nothing here reads it
             timeout_keep_alive=1800,  # callers keep their connections for pushes to come
             lifespan="off",
         )

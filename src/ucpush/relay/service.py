@@ -10,13 +10,10 @@ from typing import Generic, TypeVar
 from prometheus_client import Counter, Histogram
 
 from ucpush.config import RelaySettings
-from ucpush.logging import get_logger
 from ucpush.relay.identity import AccessClaims, AuthError, Identity
 from ucpush.relay.onboarding import Onboarding
-from ucpush.relay.providers.base import Outcome, Provider, ProviderPush, ProviderResult
+from ucpush.relay.providers.base import Provider, ProviderPush, ProviderResult
 from ucpush.store.repository import NotFound, ProviderApp, RelayRepository
-
-log = get_logger("ucpush.relay")
 
 SERVICES = ("APNS", "APNS:beta", "APNS:dev", "APNS:test", "APNS:load", "FCM", "FCM:dev")
 # Short caches: a push must not cost a database round trip, yet a disabled account or a
@@ -136,15 +133,4 @@ class RelayService:
         result = await provider.send(push)
         PUSH_SECONDS.labels(service).observe(time.perf_counter() - started)
         PUSHES.labels(service, push.push_type.value, result.outcome.value).inc()
-        if result.outcome is not Outcome.DELIVERED:
-            # The payload is never logged; the token only by prefix.
-            log.info(
-                "push_not_delivered",
-                service=service,
-                tracking_id=push.tracking_id,
-                target=push.target[:8],
-                outcome=result.outcome.value,
-                status=result.status,
-                reason=result.reason,
-            )
         return result

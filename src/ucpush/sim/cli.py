@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ucpush import aio
 from ucpush.config import Settings, SimSettings, load_settings
 from ucpush.sim.apns import ApnsSimulator, DeviceRegistry
 from ucpush.sim.credentials import make_server_tls
@@ -110,5 +111,5 @@ def serve(
     settings = load_settings(config)
     console = Console()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, console))
+        aio.run(_serve(settings, console))
     console.print("simulators stopped")

@@ -1,11 +1,13 @@
-"""Event-loop entry point shared by every long-running command."""
+"""Event-loop entry point and the HTTP server start-up every component shares."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+import uvicorn
 import uvloop
 
 T = TypeVar("T")
@@ -15,3 +17,40 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop, whose transports roughly halve per-request overhead."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+@contextlib.asynccontextmanager
+async def serve_http(
+    app: Any, *, host: str, port: int, tls_cert: str = "", tls_key: str = ""
+) -> AsyncIterator[uvicorn.Server]:
+    """Serve an ASGI app with uvicorn in this event loop; yields once it accepts connections."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert or None,
+        ssl_keyfile=tls_key or None,
+        log_config=None,  # our logging configuration renders uvicorn's records
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,  # X-Forwarded-* is not trusted; nothing here reads it
+        timeout_keep_alive=1800,  # API clients keep their connections for requests to come
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the startup error
+            raise RuntimeError(f"HTTP server on {host}:{port} stopped during startup")
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started server listens on (the kernel's choice when configured as 0)."""
+    return int(server.servers[0].sockets[0].getsockname()[1])

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ def up(tmp_path: Path):
         "UCPUSH_SIM__APNS_PORT": "0",
         "UCPUSH_SIM__APNS_SANDBOX_PORT": "0",
         "UCPUSH_SIM__FCM_PORT": "0",
+        "UCPUSH_SIP__UDP_PORT": "0",
+        "UCPUSH_SIP__TCP_PORT": "0",
+        "UCPUSH_SIGNIN__PORT": "0",
+        "UCPUSH_LPNS__PORT": "0",
         "COLUMNS": "200",
     }
     proc = subprocess.Popen(
@@ -54,7 +59,7 @@ def up(tmp_path: Path):
             break
     text = "".join(lines)
     assert "ucpush is up" in text, text + (proc.stderr.read() if proc.poll() is not None else "")
-    urls = dict(re.findall(r"│ (relay|sim apns)\s+│ (\S+)", text))
+    urls = dict(re.findall(r"│ (relay|sim apns|sign-in API|SIP UDP|local push)\s+│ (\S+)", text))
     yield env, urls
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -96,3 +101,25 @@ async def test_up_then_voucher_then_push(up):
     assert json.loads(jwe.decrypt(body["jwe"], key)) == {"caller": "Alice"}
     listing = await cli(env, "relay", "tenant", "list")
     assert "local" in listing and "completed" in listing
+
+
+async def test_up_runs_the_call_node(up):
+    _, urls = up
+    host, port = urls["SIP UDP"].rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        request = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{sock.getsockname()[1]};branch=z9hG4bKup1;rport\r\n"
+            "From: <sip:probe@localhost>;tag=1\r\nTo: <sip:probe@localhost>\r\n"
+            "Call-ID: up-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        sock.sendto(request, (host, int(port)))
+        answer = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5)
+    assert answer.startswith(b"SIP/2.0 200 ")
+    async with httpx.AsyncClient() as api:
+        unauthenticated = await api.get(f"{urls['sign-in API']}/v1/config")
+    assert unauthenticated.status_code == 401
+    assert urls["local push"].startswith("ws://127.0.0.1:")

@@ -72,8 +72,8 @@ def up(ctx: typer.Context) -> None:
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Run the call node's SIP service: registrar (or gateway to a PBX) and proxy."""
-    from ucpush.sip.server import run_serve
+    """Run the call node: SIP registrar or PBX gateway, proxy, sign-in API, local push."""
+    from ucpush.node import run_serve
 
     run_serve(settings_from(ctx))
 

@@ -1,8 +1,9 @@
 """``ucpush up``: the whole stack in one process on embedded defaults.
 
-SQLite in ``data_dir``, the APNs/FCM simulators standing in for Apple and Google, and the relay
-configured with a ``local`` tenant whose apps point at the simulators. Credentials for the
-simulators are generated on first start and kept in ``data_dir/sim-credentials``.
+SQLite in ``data_dir``, the APNs/FCM simulators standing in for Apple and Google, the relay
+configured with a ``local`` tenant whose apps point at the simulators, and the call node (SIP,
+client sign-in API, local push). Credentials for the simulators are generated on first start
+and kept in ``data_dir/sim-credentials``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 from ucpush import aio
 from ucpush.config import Settings
 from ucpush.logging import configure_logging
+from ucpush.node import run_node
 from ucpush.relay.server import run_relay
 from ucpush.sim.cli import CA_FILE_NAME, RunningSimulators, run_simulators
 from ucpush.sim.credentials import make_apns_key, make_service_account
@@ -88,10 +90,14 @@ async def _up(settings: Settings, console: Console) -> None:
                     ProviderApp(tenant.id, service, BUNDLE, str(p8), env, TEAM_ID, KEY_ID)
                 )
             await store.relay.put_app(ProviderApp(tenant.id, "FCM", FCM_PROJECT, str(sa_file)))
-            async with run_relay(wired, store) as relay:
+            async with run_relay(wired, store) as relay, run_node(wired, store) as node:
                 table = Table("component", "address", title="ucpush is up", show_lines=False)
                 table.add_row("relay", relay.url)
                 table.add_row("relay API docs", f"{relay.url}/docs")
+                for transport, (host, port) in node.sip.transport.local.items():
+                    table.add_row(f"SIP {transport}", f"{host}:{port}")
+                table.add_row("sign-in API", node.api_url)
+                table.add_row("local push", node.lpns.url)
                 for name, url in sims.urls.items():
                     table.add_row(f"sim {name}", url)
                 table.add_row("database", settings.store_url)

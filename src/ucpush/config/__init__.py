@@ -112,6 +112,10 @@ class SipSettings(Section):
 
 
 class SigninSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9443, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
     # HS256 key for client access tokens, shared by the nodes of a group; empty =
     # <data_dir>/signin-secret, created on first start.
     secret_file: str = ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from ucpush.aio import serve_http
 from ucpush.config import Settings
 from ucpush.relay.api import PushEndpoint, create_app
 from ucpush.relay.identity import Identity
@@ -66,33 +66,14 @@ async def run_relay(settings: Settings, store: Store | None = None) -> AsyncIter
         url = public_url(settings, port)
         service = await build_service(settings, store, url)
         app = create_app(service, url)
-        config = uvicorn.Config(
-            app,
-            host=relay.host,
-            port=port,
-            ssl_certfile=relay.tls_cert or None,
-            ssl_keyfile=relay.tls_key or None,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,  # X-Forwarded-* is not trusted; nothing here reads it
-            timeout_keep_alive=1800,  # callers keep their connections for pushes to come
-            lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()  # raises the startup error
-                raise RuntimeError("relay stopped during startup")
-            await asyncio.sleep(0.01)
-        try:
-            yield RunningRelay(service, url, app, server)
-        finally:
-            server.should_exit = True
-            await task
-            for provider in service.providers.values():
-                await provider.aclose()
+        async with serve_http(
+            app, host=relay.host, port=port, tls_cert=relay.tls_cert, tls_key=relay.tls_key
+        ) as server:
+            try:
+                yield RunningRelay(service, url, app, server)
+            finally:
+                for provider in service.providers.values():
+                    await provider.aclose()
     finally:
         if own_store:
             await store.close()

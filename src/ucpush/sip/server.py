@@ -15,16 +15,14 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import signal
 import ssl
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ucpush import aio
-from ucpush.config import Settings, SipSettings
-from ucpush.logging import configure_logging, get_logger
+from ucpush.config import SipSettings
+from ucpush.logging import get_logger
 from ucpush.sip.digest import DigestAuth
 from ucpush.sip.driver import TransactionDriver, via_flow
 from ucpush.sip.errors import SipParseError
@@ -64,7 +62,6 @@ from ucpush.sip.transaction import (
 )
 from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import URI, SipURI, parse_uri
-from ucpush.store import open_store
 from ucpush.store.repository import Binding
 
 log = get_logger(__name__)
@@ -642,33 +639,8 @@ def load_digest_secret(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
-def _client_ssl(settings: SipSettings) -> ssl.SSLContext | None:
+def client_ssl_context(settings: SipSettings) -> ssl.SSLContext | None:
+    """Trust for outbound TLS (upstream PBX, devices' TLS flows): ``tls_ca_file`` or the system."""
     if not settings.tls_ca_file:
         return None
     return ssl.create_default_context(cafile=settings.tls_ca_file)
-
-
-async def serve(settings: Settings) -> None:
-    """Run the SIP node until SIGINT/SIGTERM."""
-    async with await open_store(settings.store_url) as store:
-        node = SipNode(
-            settings.sip,
-            store.sip,
-            digest_secret=load_digest_secret(settings.data_dir),
-            client_ssl=_client_ssl(settings.sip),
-        )
-        await node.start()
-        try:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-        finally:
-            await node.close()
-
-
-def run_serve(settings: Settings) -> None:
-    configure_logging(settings.log)
-    with contextlib.suppress(KeyboardInterrupt):
-        aio.run(serve(settings))

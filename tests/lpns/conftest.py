@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import trustme
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.signin.helpers import Clock, provision, register, sign_in
+from ucpush import aio
 from ucpush.config import LpnsSettings
 from ucpush.lpns.service import LpnsService, server_ssl_context
 from ucpush.signin.api import create_app
@@ -128,27 +128,17 @@ async def node(tmp_path: Path, lpns_settings: LpnsSettings) -> AsyncIterator[Nod
             clock=clock,
         )
         signin.sessions = lpns
-        server = uvicorn.Server(
-            uvicorn.Config(
+        async with (
+            aio.serve_http(
                 create_app(signin),
                 host="127.0.0.1",
                 port=0,
-                ssl_certfile=str(cert_file),
-                ssl_keyfile=str(key_file),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-        )
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not serving.done(), "uvicorn failed to start"
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with (
+                tls_cert=str(cert_file),
+                tls_key=str(key_file),
+            ) as server,
             lpns,
-            httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=client_ssl) as http,
+            httpx.AsyncClient(
+                base_url=f"https://127.0.0.1:{aio.bound_port(server)}", verify=client_ssl
+            ) as http,
         ):
             yield Node(signin, lpns, http, client_ssl, clock)
-        server.should_exit = True
-        await serving

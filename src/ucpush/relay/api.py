@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
@@ -19,10 +18,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ucpush import __version__
 from ucpush.crypto.jwe import JweError, parse_compact
+from ucpush.httpapi import BodyLimit, describe_validation_errors, error_response
 from ucpush.relay.identity import AccessClaims, AuthError
 from ucpush.relay.providers.base import (
     Outcome,
@@ -124,54 +124,6 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None):
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes before they are buffered (413)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await _error(413, "body_too_large", f"body over {self.limit} bytes")(
-                    scope, receive, send
-                )
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _error(413, "body_too_large", f"body over {self.limit} bytes")(
-                scope, receive, send
-            )
-
-
-def _describe(errors: Sequence[Any]) -> str:
-    """Validation errors as one sentence naming fields, never their values."""
-    problems = []
-    for err in errors:
-        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
-        problems.append(f"{where}: {err['msg']}")
-    return "; ".join(problems)
-
-
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema with its ``$defs`` inlined, for ``openapi_extra``."""
     schema = model.model_json_schema()
@@ -224,10 +176,6 @@ _PUSH_OPENAPI = {
 }
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def handle_push(relay: RelayService, authorization: str, body: bytes) -> JSONResponse:
     """``POST /v1/push``: forward one encrypted push and return the provider's outcome."""
     try:
@@ -237,11 +185,11 @@ async def handle_push(relay: RelayService, authorization: str, body: bytes) -> J
     try:
         request = PushRequest.model_validate_json(body)
     except ValidationError as exc:
-        return _error(400, "invalid_request", _describe(exc.errors()))
+        return error_response(400, "invalid_request", describe_validation_errors(exc.errors()))
     try:
         app_config = await relay.app_for(claims.tenant_id, request.service)
     except ServiceNotConfigured as exc:
-        return _error(404, "service_not_configured", str(exc))
+        return error_response(404, "service_not_configured", str(exc))
     outgoing = ProviderPush(
         app=app_config,
         target=request.target,
@@ -255,7 +203,7 @@ async def handle_push(relay: RelayService, authorization: str, body: bytes) -> J
     try:
         result = await relay.push(request.service, outgoing)
     except PayloadTooLarge as exc:
-        return _error(413, "payload_too_large", str(exc))
+        return error_response(413, "payload_too_large", str(exc))
     answer = {
         "outcome": result.outcome.value,
         "tracking_id": request.tracking_id,
@@ -292,7 +240,7 @@ class PushEndpoint:
             await self.app(scope, receive, send)
             return
         if scope["method"] != "POST":
-            response = _error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+            response = error_response(405, "method_not_allowed", "use POST", {"Allow": "POST"})
             await response(scope, receive, send)
             return
         authorization = ""
@@ -309,7 +257,7 @@ class PushEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                response = _error(413, "body_too_large", f"body over {self.limit} bytes")
+                response = error_response(413, "body_too_large", f"body over {self.limit} bytes")
                 await response(scope, receive, send)
                 return
             chunks.append(chunk)
@@ -327,7 +275,7 @@ def _bearer_token(authorization: str) -> str:
 
 def _unauthorised(exc: AuthError) -> JSONResponse:
     header = f'Bearer error="{exc.error}", error_description="{exc.description}"'
-    return _error(401, exc.error, exc.description, {"WWW-Authenticate": header})
+    return error_response(401, exc.error, exc.description, {"WWW-Authenticate": header})
 
 
 async def _bearer(request: Request) -> AccessClaims:
@@ -350,7 +298,7 @@ def create_app(relay: RelayService, public_url: str) -> PushEndpoint:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, "invalid_request", _describe(exc.errors()))
+        return error_response(400, "invalid_request", describe_validation_errors(exc.errors()))
 
     @app.exception_handler(AuthError)
     async def _auth_failed(_: Request, exc: AuthError) -> JSONResponse:
@@ -399,7 +347,7 @@ def create_app(relay: RelayService, public_url: str) -> PushEndpoint:
         try:
             done = await relay.onboarding.redeem(body.voucher, body.cluster_id, body.cluster_name)
         except VoucherUnusable as exc:
-            return _error(400, f"voucher_{exc.reason}", f"voucher is {exc.reason}")
+            return error_response(400, f"voucher_{exc.reason}", f"voucher is {exc.reason}")
         tenant = await relay.repo.get_tenant(done.account.tenant_id)
         return OnboardResponse(
             account_id=done.account.id,
@@ -438,7 +386,9 @@ def create_app(relay: RelayService, public_url: str) -> PushEndpoint:
 
     @app.exception_handler(NotFound)
     async def _gone(_: Request, exc: NotFound) -> JSONResponse:
-        return _error(401, "invalid_token", f"credential refers to something removed: {exc}")
+        return error_response(
+            401, "invalid_token", f"credential refers to something removed: {exc}"
+        )
 
     def openapi() -> dict[str, Any]:
         # /v1/push is served by PushEndpoint, not a route: describe it here.

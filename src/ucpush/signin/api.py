@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -50,7 +49,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ucpush import __version__
-from ucpush.relay.api import BodyLimit
+from ucpush.httpapi import BodyLimit, describe_validation_errors, error_response
 from ucpush.signin.service import DeviceRegistration, SigninError, SigninService, TokenGrant
 from ucpush.store.repository import Device, EndUser, Platform, PushState
 
@@ -147,20 +146,9 @@ class TokenOut(BaseModel):
     refresh_token_expires_in: int | None = None
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None):
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
 def _oauth_error(error: str, description: str) -> JSONResponse:
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=400, headers=_NO_STORE
-    )
-
-
-def _describe(errors: Sequence[Any]) -> str:
-    """Validation errors as one sentence naming fields, never their values."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors
     )
 
 
@@ -197,14 +185,14 @@ def create_app(service: SigninService, *, max_body_bytes: int = 16384) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, "invalid_request", _describe(exc.errors()))
+        return error_response(400, "invalid_request", describe_validation_errors(exc.errors()))
 
     @app.exception_handler(SigninError)
     async def _signin_error(_: Request, exc: SigninError) -> JSONResponse:
         headers = None
         if exc.status == 401:
             headers = {"WWW-Authenticate": f'Bearer error="{exc.error}"'}
-        return _error(exc.status, exc.error, exc.detail, headers)
+        return error_response(exc.status, exc.error, exc.detail, headers)
 
     @app.post("/oauth/token", response_model=TokenOut, tags=["oauth"])
     async def token(request: Request) -> Any:
@@ -267,7 +255,9 @@ def create_app(service: SigninService, *, max_body_bytes: int = 16384) -> FastAP
     async def signout(caller: Caller, body: SignoutBody | None = None) -> Response:
         device_id = body.device_id if body and body.device_id else caller[1]
         if not device_id:
-            return _error(400, "invalid_request", "device_id needed: the token names no device")
+            return error_response(
+                400, "invalid_request", "device_id needed: the token names no device"
+            )
         await service.sign_out(caller[0], device_id)
         return Response(status_code=204)
 

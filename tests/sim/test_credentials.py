@@ -21,8 +21,13 @@ from ucpush.sim.credentials import (
 
 def test_apns_key_is_p8_p256() -> None:
     private_pem, public_pem = make_apns_key()
-    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8, like a .p8
     key = serialization.load_pem_private_key(private_pem, None)
+    pkcs8 = key.private_bytes(  # PKCS#8 PEM, like Apple's .p8
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    assert private_pem == pkcs8
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
     token = jwt.encode({"iss": "T", "iat": 1}, private_pem, "ES256", headers={"kid": "K"})

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ucpush.crypto.secretfile import load_or_create_secret
 from ucpush.signin.clientconfig import (
     ConfigError,
     merge,
@@ -21,7 +22,7 @@ from ucpush.signin.clientconfig import (
     validate_params,
 )
 from ucpush.signin.passwords import hash_password, verify_password
-from ucpush.signin.tokens import TokenError, TokenSigner, load_or_create_secret
+from ucpush.signin.tokens import TokenError, TokenSigner
 
 SECRET = b"s" * 64
 

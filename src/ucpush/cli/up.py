@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from rich.table import Table
 
 from ucpush import aio
 from ucpush.config import Settings
+from ucpush.crypto.secretfile import write_secret
 from ucpush.logging import configure_logging
 from ucpush.node import run_node
+from ucpush.relay.onboarding import ensure_tenant
 from ucpush.relay.server import run_relay
 from ucpush.sim.cli import CA_FILE_NAME, RunningSimulators, run_simulators
 from ucpush.sim.credentials import make_apns_key, make_service_account
@@ -34,13 +35,6 @@ BUNDLE = "org.ucpush.softphone"
 FCM_PROJECT = "ucpush-local"
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path, Path]:
     """Load or create the APNs key and FCM service account, and teach the simulators them."""
     folder = settings.data_dir / "sim-credentials"
@@ -48,14 +42,14 @@ def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path,
     public = folder / "AuthKey.pub.pem"
     if not p8.exists():
         private_pem, public_pem = make_apns_key()
-        _write_secret(p8, private_pem)
-        _write_secret(public, public_pem)
+        write_secret(p8, private_pem)
+        write_secret(public, public_pem)
     for sim in (sims.apns, sims.apns_sandbox):
         sim.add_signing_key(TEAM_ID, KEY_ID, public.read_bytes())
     # The service account is remade each start: its token_uri names this run's simulator.
     account, account_public = make_service_account(FCM_PROJECT, sims.fcm.token_uri)
     sa_file = folder / "fcm-service-account.json"
-    _write_secret(sa_file, json.dumps(account, indent=2).encode())
+    write_secret(sa_file, json.dumps(account, indent=2).encode())
     sims.fcm.add_service_account(
         account["client_email"], FCM_PROJECT, account_public, account["private_key_id"]
     )
@@ -63,6 +57,11 @@ def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path,
 
 
 async def _up(settings: Settings, console: Console) -> None:
+    # Handlers first, so a signal during start-up still stops everything cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sims = await run_simulators(settings.sim)
     try:
@@ -80,11 +79,7 @@ async def _up(settings: Settings, console: Console) -> None:
             relay_settings = relay_settings.model_copy(update={"provider_ca_file": str(ca_file)})
         wired = settings.model_copy(update={"relay": relay_settings})
         async with await open_store(settings.store_url) as store:
-            from ucpush.relay.identity import Identity
-            from ucpush.relay.onboarding import Onboarding
-
-            onboarding = Onboarding(store.relay, Identity(store.relay, "", 60))
-            tenant = await onboarding.tenant(LOCAL_TENANT, create=True)
+            tenant = await ensure_tenant(store.relay, LOCAL_TENANT)
             for service, env in (("APNS", "production"), ("APNS:dev", "sandbox")):
                 await store.relay.put_app(
                     ProviderApp(tenant.id, service, BUNDLE, str(p8), env, TEAM_ID, KEY_ID)
@@ -107,10 +102,6 @@ async def _up(settings: Settings, console: Console) -> None:
                     "simulators.\nOnboard a cluster: [bold]ucpush relay voucher create "
                     f"--tenant {LOCAL_TENANT}[/]. Ctrl-C stops."
                 )
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
                 await stop.wait()
     finally:
         await sims.stop()

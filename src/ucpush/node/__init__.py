@@ -64,11 +64,13 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
 
 async def serve(settings: Settings) -> None:
     """Run the node until SIGINT/SIGTERM."""
+    # Handlers first: the SIP listeners answer before the other services are up, and a
+    # SIGTERM in that window must still stop the node cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with await open_store(settings.store_url) as store, run_node(settings, store):
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
 
 

@@ -48,25 +48,30 @@ def _new_voucher_code() -> str:
     return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
 
 
-class Onboarding:
-    def __init__(self, repo: RelayRepository, identity: Identity) -> None:
-        self._repo = repo
-        self._identity = identity
-
-    async def tenant(self, name: str, create: bool = False) -> Tenant:
-        try:
-            return await self._repo.get_tenant_by_name(name)
-        except NotFound:
-            if not create:
-                raise
+async def ensure_tenant(repo: RelayRepository, name: str) -> Tenant:
+    """The tenant called ``name``, created (pending) if it does not exist yet."""
+    try:
+        return await repo.get_tenant_by_name(name)
+    except NotFound:
         tenant = Tenant(
             id=uuid.uuid4().hex,
             name=name,
             status=TenantStatus.PENDING,
             created_at=datetime.now(UTC),
         )
-        await self._repo.create_tenant(tenant)
+        await repo.create_tenant(tenant)
         return tenant
+
+
+class Onboarding:
+    def __init__(self, repo: RelayRepository, identity: Identity) -> None:
+        self._repo = repo
+        self._identity = identity
+
+    async def tenant(self, name: str, create: bool = False) -> Tenant:
+        if create:
+            return await ensure_tenant(self._repo, name)
+        return await self._repo.get_tenant_by_name(name)
 
     async def create_voucher(self, tenant_name: str, ttl: timedelta) -> IssuedVoucher:
         tenant = await self.tenant(tenant_name, create=True)

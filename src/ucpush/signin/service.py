@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ucpush.config import Settings
+from ucpush.crypto.secretfile import load_or_create_secret
 from ucpush.lpns.session import (
     CLOSE_ENDED,
     CLOSE_FORBIDDEN,
@@ -29,7 +30,7 @@ from ucpush.lpns.session import (
 )
 from ucpush.signin import clientconfig
 from ucpush.signin.passwords import hash_password, verify_password
-from ucpush.signin.tokens import AccessClaims, TokenError, TokenSigner, load_or_create_secret
+from ucpush.signin.tokens import AccessClaims, TokenError, TokenSigner
 from ucpush.store.repository import (
     ClientRefreshToken,
     Conflict,

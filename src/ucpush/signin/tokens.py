@@ -8,16 +8,12 @@ device id given at sign-in, may be empty), ``iat``, ``exp``, ``jti``.
 
 from __future__ import annotations
 
-import os
-import secrets
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 
 _ALG = "HS256"
-_SECRET_BYTES = 32
 
 
 class TokenError(Exception):
@@ -34,21 +30,6 @@ class AccessClaims:
     device_id: str
     issued_at: float  # epoch seconds
     expires_at: int  # epoch seconds
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The secret in ``path``, created with mode 0600 on first use."""
-    try:
-        secret = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_bytes(_SECRET_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-    if len(secret) < _SECRET_BYTES:
-        raise ValueError(f"{path.name}: signing secret must be at least {_SECRET_BYTES} bytes")
-    return secret
 
 
 class TokenSigner:

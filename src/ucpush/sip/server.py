@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import ssl
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ucpush.config import SipSettings
+from ucpush.crypto.secretfile import load_or_create_secret
 from ucpush.logging import get_logger
 from ucpush.sip.digest import DigestAuth
 from ucpush.sip.driver import TransactionDriver, via_flow
@@ -354,13 +354,7 @@ class SipNode:
         if not bindings:
             self._reply(tx, request, 404)
             return
-        targets = await self._targets(request, aor, bindings)
-        if self._was_cancelled(tx):
-            return
-        if targets is None:
-            self._reply(tx, request, 480)
-            return
-        self._fork(request, tx, flow, targets)
+        await self._fork_to_bindings(request, tx, flow, aor, bindings)
 
     async def _to_device(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
         """A request whose Request-URI is a contact: sent on that device's registered flow
@@ -384,6 +378,17 @@ class SipNode:
             routes = () if in_dialog else (self._upstream_route(),)
             self._fork(request, tx, flow, [Target(uri, routes=routes)])
             return
+        await self._fork_to_bindings(request, tx, flow, aor, bindings)
+
+    async def _fork_to_bindings(
+        self,
+        request: SipRequest,
+        tx: ServerTransaction,
+        flow: Flow,
+        aor: str,
+        bindings: Sequence[Binding],
+    ) -> None:
+        """Fork to the bindings' targets; 480 when none is reachable (not even by push)."""
         targets = await self._targets(request, aor, bindings)
         if self._was_cancelled(tx):
             return
@@ -630,13 +635,7 @@ class SipNode:
 def load_digest_secret(data_dir: Path) -> bytes:
     """The nonce key of this node, made on first start (0600 in ``data_dir``). Nodes of one
     cluster can share the file so any of them accepts the others' nonces."""
-    path = data_dir / DIGEST_SECRET_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-    return path.read_bytes()
+    return load_or_create_secret(data_dir / DIGEST_SECRET_FILE)
 
 
 def client_ssl_context(settings: SipSettings) -> ssl.SSLContext | None:

@@ -35,8 +35,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
-    """Migrate the database to ``revision`` in one transaction; return the revision reached.
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> str | None:
+    """Migrate the database to ``revision`` in one transaction; return the revision reached
+    (heads joined by "," while components' migrations branch off a common parent).
 
     A no-op when the database is already there.
     """
@@ -65,4 +66,5 @@ def _upgrade(connection: Connection, revision: str) -> str | None:
 
 
 def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return ",".join(sorted(heads)) or None

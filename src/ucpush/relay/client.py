@@ -3,6 +3,12 @@
 It holds the cluster's machine account (its refresh token), keeps a fresh access token,
 encrypts payloads with the device's key into a compact JWE, sends them, and returns typed
 outcomes. Its HTTP connections stay open between pushes.
+
+The way to the relay (``ucpush.relay.proxy``): directly or through an HTTP(S) CONNECT proxy with
+basic or digest authentication, failing over between the addresses the relay's (or proxy's)
+name resolves to: 2 s to connect, 5 s for an answer. Pushes, token refreshes and status reads
+are resent to the next address when unanswered, so a push can reach the device twice with the
+same tracking id; onboarding and offboarding are not resent.
 """
 
 from __future__ import annotations
@@ -20,9 +26,18 @@ import httpx
 
 from ucpush.crypto import jwe
 from ucpush.relay.providers.base import Outcome, Priority, PushType
+from ucpush.relay.proxy import (
+    RESEND_UNCONFIRMED,
+    FailoverTransport,
+    ProxySettings,
+    Resolver,
+    resolve_addresses,
+)
 
 # Refresh the access token this long before it expires, so no push waits on it.
 _REFRESH_MARGIN = 60.0
+# Requests the relay may see twice without harm (see the module doc).
+_RESENDABLE = {RESEND_UNCONFIRMED: True}
 
 
 class RelayError(Exception):
@@ -72,6 +87,32 @@ def _raise_for(response: httpx.Response) -> None:
     raise RelayError(response.status_code, error, detail)
 
 
+def _http_client(
+    base_url: str,
+    *,
+    verify: ssl.SSLContext | str | bool,
+    timeout: float,
+    proxy: ProxySettings | None,
+    resolve: Resolver,
+    connect_timeout: float,
+    confirm_timeout: float,
+    limits: httpx.Limits | None = None,
+) -> httpx.AsyncClient:
+    # With its own transport httpx ignores HTTPS_PROXY & co: the proxy comes from settings only.
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        timeout=timeout,
+        transport=FailoverTransport(
+            verify=verify,
+            proxy=proxy,
+            resolve=resolve,
+            connect_timeout=connect_timeout,
+            confirm_timeout=confirm_timeout,
+            limits=limits,
+        ),
+    )
+
+
 class RelayClient:
     def __init__(
         self,
@@ -82,13 +123,23 @@ class RelayClient:
         timeout: float = 10.0,
         max_connections: int = 100,
         clock: Callable[[], float] = time.time,
+        proxy: ProxySettings | None = None,
+        resolve: Resolver = resolve_addresses,
+        connect_timeout: float = 2.0,
+        confirm_timeout: float = 5.0,
     ) -> None:
+        """``timeout`` bounds writes and the wait for a pooled connection; ``connect_timeout``
+        and ``confirm_timeout`` bound each address's connect and answer (SPEC §5)."""
         self.refresh_token = refresh_token
         self._clock = clock
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
+        self._http = _http_client(
+            base_url,
             verify=verify,
             timeout=timeout,
+            proxy=proxy,
+            resolve=resolve,
+            connect_timeout=connect_timeout,
+            confirm_timeout=confirm_timeout,
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
@@ -115,9 +166,23 @@ class RelayClient:
         cluster_name: str = "",
         *,
         verify: ssl.SSLContext | str | bool = True,
+        proxy: ProxySettings | None = None,
+        resolve: Resolver = resolve_addresses,
+        connect_timeout: float = 2.0,
+        confirm_timeout: float = 5.0,
     ) -> Enrollment:
-        """Redeem a voucher (onboarding); keep the returned refresh token safe."""
-        async with httpx.AsyncClient(base_url=base_url.rstrip("/"), verify=verify) as http:
+        """Redeem a voucher (onboarding); keep the returned refresh token safe.
+
+        Not resent to another address when unanswered: the voucher is single-use."""
+        async with _http_client(
+            base_url,
+            verify=verify,
+            timeout=10.0,
+            proxy=proxy,
+            resolve=resolve,
+            connect_timeout=connect_timeout,
+            confirm_timeout=confirm_timeout,
+        ) as http:
             response = await http.post(
                 "/v1/onboard",
                 json={"voucher": voucher, "cluster_id": cluster_id, "cluster_name": cluster_name},
@@ -136,6 +201,7 @@ class RelayClient:
             response = await self._http.post(
                 "/oauth/token",
                 data={"grant_type": "refresh_token", "refresh_token": self.refresh_token},
+                extensions=_RESENDABLE,
             )
             if response.status_code != 200:
                 body = response.json() if response.content else {}
@@ -148,7 +214,11 @@ class RelayClient:
             self._access = (body["access_token"], self._clock() + float(body["expires_in"]))
             return self._access[0]
 
-    async def _authorised(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _authorised(
+        self, method: str, url: str, *, resendable: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        if resendable:
+            kwargs["extensions"] = _RESENDABLE
         response = await self._http.request(
             method, url, headers={"authorization": f"Bearer {await self.access_token()}"}, **kwargs
         )
@@ -215,7 +285,7 @@ class RelayClient:
             body["expiration"] = expiration
         if collapse_id is not None:
             body["collapse_id"] = collapse_id
-        response = await self._authorised("POST", "/v1/push", json=body)
+        response = await self._authorised("POST", "/v1/push", json=body, resendable=True)
         data = response.json() if response.content else {}
         if "outcome" not in data:
             _raise_for(response)
@@ -232,7 +302,7 @@ class RelayClient:
         )
 
     async def status(self) -> dict[str, Any]:
-        response = await self._authorised("GET", "/v1/onboard")
+        response = await self._authorised("GET", "/v1/onboard", resendable=True)
         if response.status_code != 200:
             _raise_for(response)
         return response.json()
@@ -241,3 +311,12 @@ class RelayClient:
         response = await self._authorised("DELETE", "/v1/onboard")
         if response.status_code != 204:
             _raise_for(response)
+
+    async def upload_alarms(self, upload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/alarms``: one batch of the node's alarm uploader
+        (``ucpush.alarms.uploader``); ``RelayError`` when the relay refuses it."""
+        response = await self._authorised("POST", "/v1/alarms", json=upload)
+        if response.status_code != 200:
+            _raise_for(response)
+        result: dict[str, Any] = response.json()
+        return result

@@ -78,12 +78,12 @@ async def play_app(ws: ClientConnection, *, ack: bool) -> list[dict[str, Any]]:
     return seen
 
 
-async def eventually(predicate: Any) -> None:
-    for _ in range(500):
+async def eventually(predicate: Any, within: float = 5.0) -> None:
+    for _ in range(int(within * 100)):
         if predicate():
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("condition not met within 5 s")
+    raise AssertionError(f"condition not met within {within} s")
 
 
 # single pushes
@@ -230,28 +230,53 @@ async def test_china_region_message_push_is_an_alert_and_counted(stack: Stack, n
 # the proxy hook
 
 
+class ProxySide:
+    """The proxy's ``CallControl`` for one held INVITE, recording what call push decides."""
+
+    def __init__(self) -> None:
+        self.provisionals: list[int] = []
+        self.finals: list[int] = []
+        self.forwarded: list[Binding] = []
+        self.extended: list[str] = []
+
+    def provisional(self, status: int, reason: str) -> None:
+        self.provisionals.append(status)
+
+    def respond(self, status: int, reason: str) -> None:
+        self.finals.append(status)
+
+    def forward(self, binding: Binding) -> None:
+        self.forwarded.append(binding)
+
+    def extend(self, number: str) -> None:
+        self.extended.append(number)
+
+
 async def test_hook_wakes_holds_and_forwards_on_re_register(stack: Stack, node: Node) -> None:
     """Two devices: the sign-in iPhone and a bare RFC 8599 binding without a key. The first
-    to register gets the INVITE; the other gets the 'answered elsewhere' cancel push."""
+    to register gets the INVITE; when it answers, the other gets the 'answered elsewhere'
+    cancel push."""
     await node.ready_device()
     stack.apns.register_device(TOKEN, BUNDLE)
     stack.apns.register_device("cd" * 32, BUNDLE)
     bare = binding("bare", prid="cd" * 32)
     async with await stack.enrolled_client() as client:
         handler = CallPushHandler(dispatcher(client, node), SigninDirectory(node.signin.repo))
-        call = request()
-        held = asyncio.create_task(
-            handler.on_unreachable(call, "sip:alice@example.org", [device_binding(), bare])
+        call = await handler.prepare_call(
+            request(), "sip:alice@example.org", [(device_binding(), False), (bare, False)]
         )
+        assert call is not None
+        proxy = ProxySide()
+        call.start(proxy, live_branches=False)
         await eventually(lambda: len(stack.apns.delivered) == 2)
         assert {d.push_type for d in stack.apns.delivered} == {"voip"}
-        assert not held.done()
+        assert proxy.forwarded == [] and proxy.finals == []
         [run] = handler.calls("sip:alice@example.org")
-        fresh = replace(device_binding(), cseq=2, source_host="198.51.100.20")
-        registered = time.monotonic()
+        fresh = replace(device_binding(), id="fresh", cseq=2, source_host="198.51.100.20")
         handler.on_binding_event(BindingRefreshed(fresh, device_binding()))
-        assert await asyncio.wait_for(held, 5) == [fresh]
-        assert time.monotonic() - registered < 0.25  # at once, not on a timer
+        assert proxy.forwarded == [fresh]  # at once, before the REGISTER's 2xx
+        call.ringing("fresh")
+        call.final(200, "fresh")
         await eventually(lambda: len(stack.apns.delivered) == 3)
         await run.wait_closed()
     cancel = stack.apns.delivered[2]
@@ -273,16 +298,21 @@ async def test_hook_drops_after_the_timer_with_a_missed_call_push(stack: Stack, 
             SigninDirectory(node.signin.repo),
             config=CallPushConfig(ringback_after=0.1, drop_after=drop_after),
         )
-        started = time.monotonic()
-        held = asyncio.create_task(
-            handler.on_unreachable(request(), "sip:alice@example.org", [device_binding()])
+        call = await handler.prepare_call(
+            request(), "sip:alice@example.org", [(device_binding(), False)]
         )
+        assert call is not None
+        proxy = ProxySide()
+        started = time.monotonic()
+        call.start(proxy, live_branches=False)
         await eventually(lambda: len(stack.apns.delivered) == 1)
         [run] = handler.calls("sip:alice@example.org")
-        assert await held == []
+        await eventually(lambda: proxy.finals == [480], within=drop_after + 2)
         elapsed = time.monotonic() - started
+        call.final(480, None)  # what the proxy reports back: ignored, the call is over
         await run.wait_closed()
     assert drop_after <= elapsed < drop_after + 1.0
+    assert proxy.provisionals == [100, 180]  # Trying, then ring-back at ringback_after
     kinds = [
         json.loads(jwe.decrypt(json.loads(d.payload)["jwe"], PUSH_KEY))["type"]
         for d in stack.apns.delivered
@@ -295,13 +325,31 @@ async def test_hook_answers_at_once_when_every_push_fails(stack: Stack, node: No
     await node.ready_device()  # token never registered at APNs: BadDeviceToken
     async with await stack.enrolled_client() as client:
         handler = CallPushHandler(dispatcher(client, node), SigninDirectory(node.signin.repo))
-        started = time.monotonic()
-        assert (
-            await handler.on_unreachable(request(), "sip:alice@example.org", [device_binding()])
-            == []
+        call = await handler.prepare_call(
+            request(), "sip:alice@example.org", [(device_binding(), False)]
         )
+        assert call is not None
+        proxy = ProxySide()
+        started = time.monotonic()
+        call.start(proxy, live_branches=False)
+        await eventually(lambda: proxy.finals == [480])
     assert time.monotonic() - started < 3.0  # not the 13 s drop timer
-    assert handler.calls("sip:alice@example.org") == []
+    await eventually(lambda: handler.calls("sip:alice@example.org") == [])
+
+
+async def test_hook_has_nothing_to_do_for_paused_devices(stack: Stack, node: Node) -> None:
+    await node.ready_device()
+    await node.signin.repo.set_push_state(
+        "iphone-1", PushState.PAUSED_INVALID_TOKEN, datetime.now(UTC)
+    )
+    async with await stack.enrolled_client() as client:
+        handler = CallPushHandler(dispatcher(client, node), SigninDirectory(node.signin.repo))
+        assert (
+            await handler.prepare_call(
+                request(), "sip:alice@example.org", [(device_binding(), False)]
+            )
+            is None
+        )
 
 
 # the device directory

@@ -327,3 +327,49 @@ def test_best_response_rules():
     assert merged.status in (401, 407)
     assert merged.headers.get_all("WWW-Authenticate") == ['Digest realm="a"']
     assert merged.headers.get_all("Proxy-Authenticate") == ['Digest realm="b"']
+
+
+# a fork held for call push
+
+
+def test_held_fork_waits_with_no_branch_then_forks_late_to_the_woken_device(core):
+    ctx = ForkContext(core, invite(), CALLER, [], held=True)
+    assert ctx.start() == []  # no branch, no answer: call push holds the INVITE
+    [ringback] = ctx.provisional(180, "Ringing")
+    assert isinstance(ringback, Respond) and ringback.response.status == 180
+    assert ringback.response.to.tag  # our own early dialog
+    assert ctx.provisional(100, "Trying") == []  # the transaction layer sent it
+    [forward] = ctx.add_target(Target(parse_uri("sip:bob@203.0.113.7"), binding_id="b1"))
+    assert isinstance(forward, Forward) and ctx.release() == []
+    assert ctx.binding_of(forward.branch) == "b1"
+    [final] = ctx.on_response(forward.branch, answer(forward, 200))
+    assert isinstance(final, Respond) and final.response.status == 200
+    assert ctx.decided_by == forward.branch and ctx.finished
+
+
+def test_held_fork_outlives_its_failed_live_branch_until_released(core):
+    ctx = ForkContext(core, invite(), CALLER, [target("203.0.113.1")], held=True)
+    [forward] = ctx.start()
+    assert ctx.on_response(forward.branch, answer(forward, 486)) == []
+    [final] = ctx.release()
+    assert isinstance(final, Respond) and final.response.status == 486
+
+
+def test_respond_cancels_pending_branches_and_answers_once(core):
+    ctx = ForkContext(core, invite(), CALLER, [target("203.0.113.1")], held=True)
+    [forward] = ctx.start()
+    ctx.on_response(forward.branch, answer(forward, 180))
+    cancel, final = ctx.respond(480, "Temporarily Unavailable")
+    assert isinstance(cancel, Cancel) and cancel.branch == forward.branch
+    assert isinstance(final, Respond) and final.response.status == 480
+    assert ctx.respond(480, "Temporarily Unavailable") == []
+    assert ctx.provisional(180, "Ringing") == []
+    assert ctx.add_target(target("203.0.113.2")) == []  # too late to fork
+
+
+def test_caller_cancel_ends_the_hold(core):
+    ctx = ForkContext(core, invite(), CALLER, [], held=True)
+    ctx.start()
+    [final] = ctx.cancel()
+    assert isinstance(final, Respond) and final.response.status == 487
+    assert ctx.add_target(target("203.0.113.2")) == []

@@ -5,7 +5,8 @@ session, bounded by the service's ack timeout), else or on failure through the r
 device's subscriber service; it handles the relay's outcomes (410 → pause the device and
 alarm, BadDeviceToken → alarm only) and keeps the SPEC §7 call-side counters. ``CallRun`` runs
 one engine against a ``CallControl`` (what the SIP side offers) with real timers.
-``CallPushHandler`` plugs this into the proxy's ``PushHandler`` hook as it exists today.
+``CallPushHandler`` is the proxy's ``PushHandler``: each INVITE to push bindings becomes a
+``CallRun`` driven by the proxy's fork (``HeldCall``) and driving it (``CallControl``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -39,6 +40,7 @@ from ucpush.callpush.engine import (
     SendPush,
     StartTimer,
     follow_up_push,
+    reason_cause,
 )
 from ucpush.callpush.payload import PayloadBuilder
 from ucpush.logging import get_logger
@@ -47,6 +49,7 @@ from ucpush.lpns.service import LocalPushOutcome, LpnsService
 from ucpush.relay.client import RelayClient, RelayError
 from ucpush.relay.providers.base import Outcome, Priority
 from ucpush.sip.message import SipRequest
+from ucpush.sip.proxy import CallControl as ProxyCallControl
 from ucpush.sip.registrar import BindingEvent, BindingRemoved, canonical_aor
 from ucpush.sip.uri import SipURI, parse_name_addr
 from ucpush.store.repository import Binding, Device, Platform, PushState
@@ -477,67 +480,100 @@ class SigninDirectory:
         return out
 
 
-class _HeldInvite:
-    """``CallControl`` within today's ``PushHandler`` hook: the proxy waits for
-    ``on_unreachable`` to return the bindings to fork to, and cannot be told anything else."""
+class _CallHook:
+    """One INVITE's call push: the proxy's ``HeldCall`` (its events go to the engine) and the
+    ``CallRun``'s ``CallControl`` (the engine's decisions go to the proxy's ``CallControl``).
+    Bindings are mapped to devices; a device that registers again may do so with a new
+    binding, which is mapped when the INVITE is forwarded to it."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        handler: CallPushHandler,
+        aor: str,
+        invite: InviteSummary,
+        pairs: Sequence[tuple[CallDevice, PushTarget]],
+    ) -> None:
+        self._handler = handler
+        self._aor = aor
+        self._invite = invite
+        self._pairs = list(pairs)
+        self._device_of = {device.binding.id: device.id for device, _ in pairs}
+        self._proxy: ProxyCallControl | None = None
         self.run: CallRun | None = None
-        self.released: asyncio.Future[list[Binding]] = asyncio.get_running_loop().create_future()
+
+    # HeldCall (events from the proxy)
+
+    def start(self, control: ProxyCallControl, live_branches: bool) -> None:
+        self._proxy = control
+        handler = self._handler
+        run = self.run = CallRun(
+            handler.dispatcher,
+            self,
+            {device.id: target for device, target in self._pairs},
+            handler.config,
+            on_done=lambda finished: handler.forget(self._aor, finished),
+        )
+        handler.track(self._aor, run)
+        invite = replace(self._invite, live_branches=live_branches)
+        run.start(invite, [device for device, _ in self._pairs])
+
+    def ringing(self, binding_id: str | None) -> None:
+        run = self._run()
+        run.feed(run.engine.device_ringing(run.now(), self._device(binding_id)))
+
+    def branch_failed(self, binding_id: str, status: int) -> None:
+        device_id = self._device(binding_id)
+        if device_id is not None:
+            run = self._run()
+            run.feed(run.engine.branch_failed(run.now(), device_id, status))
+
+    def final(self, status: int, binding_id: str | None) -> None:
+        run = self._run()
+        run.feed(run.engine.final_response(run.now(), status, self._device(binding_id)))
+
+    def cancelled(self, reason: str | None) -> None:
+        run = self._run()
+        run.feed(run.engine.cancelled(run.now(), reason_cause(reason)))
+
+    # CallControl (the engine's decisions)
 
     def provisional(self, status: int, reason: str) -> None:
-        _log.debug("provisional not sent: the proxy hook cannot", status=status)
+        self._control().provisional(status, reason)
 
     def respond(self, status: int, reason: str) -> None:
-        if not self.released.done():
-            self.released.set_result([])  # the proxy answers 480
+        self._control().respond(status, reason)
 
     def forward(self, device_id: str, binding: Binding) -> None:
-        assert self.run is not None
-        if self.released.done():
-            return
-        self.released.set_result([binding])
-        # The proxy forks to this one device and tells us no more: treat the call as taken
-        # there, so every other woken device is followed up now rather than never.
-        run = self.run
-        run.feed(run.engine.final_response(run.now(), 200, device_id))
+        self._device_of[binding.id] = device_id
+        self._control().forward(binding)
 
     def late_invite_cancel(self, device_id: str, binding: Binding, reason: str) -> None:
-        assert self.run is not None
-        self.run.push_follow_up(device_id)  # no way to send a late INVITE+CANCEL yet
+        # The call is over; the woken device is told by its follow-up push instead of a
+        # late INVITE+CANCEL (issue 5 allows either), which needs no dialog state here.
+        self._run().push_follow_up(device_id)
 
     def extend(self, number: str) -> None:
-        _log.warning("mobility extension needs proxy support; answering 480", number=number)
-        if not self.released.done():
-            self.released.set_result([])
+        self._control().extend(number)
+
+    def _device(self, binding_id: str | None) -> str | None:
+        return self._device_of.get(binding_id) if binding_id is not None else None
+
+    def _run(self) -> CallRun:
+        assert self.run is not None, "start() first"
+        return self.run
+
+    def _control(self) -> ProxyCallControl:
+        assert self._proxy is not None, "start() first"
+        return self._proxy
 
 
 class CallPushHandler:
-    """The proxy's ``PushHandler`` (``ucpush.sip.proxy``): pushes the devices of unreachable
-    push bindings, holds the INVITE until one of them registers again and returns its fresh
-    binding (or none after the drop timer / when every push failed: the proxy answers 480).
-    Feed it the registrar's events with ``on_binding_event`` as soon as a REGISTER is accepted
-    (before its 2xx goes out: the node authenticated it, RFC 8599 §5.6.2).
-
-    Within today's hook, ring-back (180 at 5 s), ``110 Push sent``, mobility extension, late
-    INVITE+CANCEL and forwarding to more than the first woken device are not possible, and the
-    call is deemed taken by the first device that registers. For the full behaviour the proxy
-    must drive a ``CallRun`` with its own ``CallControl`` and expose:
-
-    - sending provisional responses (100/110/180) on the held INVITE's server transaction;
-    - answering it (480/487) and forwarding it, at any time while it is held, to a binding
-      as an added branch of the same fork context (fork-late), kept open while the engine
-      holds the call;
-    - the caller's CANCEL with its Reason (``engine.cancelled(now, reason_cause(...))``)
-      instead of answering 487 itself;
-    - per branch of our devices: 180/183 (``device_ringing``), its final response
-      (``branch_failed``), and the fork's final response (``final_response``, with the device
-      whose branch produced it);
-    - live branches forked at once (``InviteSummary.live_branches``) with the reachable push
-      bindings passed as ``CallDevice(reachable=True)``, for the SPEC §1 foreground push;
-    - a new client transaction for a late INVITE immediately CANCELled with a Reason;
-    - a branch to the mobility identity (``extend``).
-    """
+    """The proxy's ``PushHandler`` (``ucpush.sip.proxy``): for an INVITE to an AOR with push
+    bindings it pairs them with their devices (``DeviceDirectory``) and returns a held call
+    that runs one ``CallPush`` engine against the proxy's fork: pushes, ring-back, drop,
+    fork-late to each device that registers again, follow-up pushes. Feed it the registrar's
+    events with ``on_binding_event`` as soon as a REGISTER is accepted (before its 2xx goes
+    out: the node authenticated it, RFC 8599 §5.6.2)."""
 
     def __init__(
         self,
@@ -547,23 +583,29 @@ class CallPushHandler:
         config: CallPushConfig | None = None,
         mobility: Mapping[str, str] | None = None,
         presentation: Mapping[str, tuple[str, str]] | None = None,
+        push_sent_option: str | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.directory = directory
         self.config = config
         self.mobility = dict(mobility or {})  # callee AOR → mobility number
         self.presentation = dict(presentation or {})  # caller AOR → (name, number)
+        self.push_sent_option = push_sent_option
         self._calls: dict[str, set[CallRun]] = {}
 
     def calls(self, aor: str) -> list[CallRun]:
         return list(self._calls.get(aor, ()))
 
-    async def on_unreachable(
-        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
-    ) -> Sequence[Binding]:
-        pairs = await self.directory.call_devices(bindings)
+    async def prepare_call(
+        self, request: SipRequest, aor: str, bindings: Sequence[tuple[Binding, bool]]
+    ) -> _CallHook | None:
+        reachable = {binding.id: live for binding, live in bindings}
+        pairs = [
+            (replace(device, reachable=reachable[device.binding.id]), target)
+            for device, target in await self.directory.call_devices([b for b, _ in bindings])
+        ]
         if not pairs:
-            return []
+            return None  # every device paused or signed out: no push
         try:
             caller = canonical_aor(request.from_.uri)
         except ValueError:
@@ -572,19 +614,9 @@ class CallPushHandler:
             request,
             mobility_number=self.mobility.get(aor, ""),
             presentation=self.presentation.get(caller, ("", "")),
+            push_sent_option=self.push_sent_option,
         )
-        held = _HeldInvite()
-        run = CallRun(
-            self.dispatcher,
-            held,
-            {device.id: target for device, target in pairs},
-            self.config,
-            on_done=lambda finished: self._forget(aor, finished),
-        )
-        held.run = run
-        self._calls.setdefault(aor, set()).add(run)
-        run.start(invite, [device for device, _ in pairs])
-        return await held.released
+        return _CallHook(self, aor, invite, pairs)
 
     def on_binding_event(self, event: BindingEvent) -> None:
         if isinstance(event, BindingRemoved):
@@ -592,7 +624,10 @@ class CallPushHandler:
         for run in self.calls(event.binding.aor):
             run.feed(run.engine.device_registered(run.now(), event.binding))
 
-    def _forget(self, aor: str, run: CallRun) -> None:
+    def track(self, aor: str, run: CallRun) -> None:
+        self._calls.setdefault(aor, set()).add(run)
+
+    def forget(self, aor: str, run: CallRun) -> None:
         runs = self._calls.get(aor)
         if runs is not None:
             runs.discard(run)

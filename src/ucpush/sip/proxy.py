@@ -48,14 +48,43 @@ class LocationService(Protocol):
     async def lookup(self, aor: str) -> Sequence[Binding]: ...
 
 
-class PushHandler(Protocol):
-    """Where call push (RFC 8599 §5.6.2) takes over: called when an AOR's only bindings are
-    push bindings whose devices have no live connection. It may push and wait for the devices
-    to register again; it returns the bindings to fork to then (empty: the caller gets 480)."""
+class CallControl(Protocol):
+    """What call push may do with one INVITE the proxy holds for it (the SIP side's half)."""
 
-    async def on_unreachable(
-        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
-    ) -> Sequence[Binding]: ...
+    def provisional(self, status: int, reason: str) -> None:
+        """Send a provisional response (110, 180) to the caller unless a final went out."""
+
+    def respond(self, status: int, reason: str) -> None:
+        """Answer the caller (480 after the drop timer): pending branches are cancelled."""
+
+    def forward(self, binding: Binding) -> None:
+        """Fork the INVITE to ``binding`` now, as a new branch of the same call."""
+
+    def extend(self, number: str) -> None:
+        """Fork the INVITE to the callee's mobility identity (a number behind the PBX)."""
+
+
+class HeldCall(Protocol):
+    """Call push's half of one INVITE to an AOR with push bindings, fed the fork's events.
+    Bindings are named by ``Binding.id``; None means a branch that is not a push binding."""
+
+    def start(self, control: CallControl, live_branches: bool) -> None: ...
+    def ringing(self, binding_id: str | None) -> None: ...
+    def branch_failed(self, binding_id: str, status: int) -> None: ...
+    def final(self, status: int, binding_id: str | None) -> None: ...
+    def cancelled(self, reason: str | None) -> None: ...
+
+
+class PushHandler(Protocol):
+    """Where call push (RFC 8599 §5.6.2) takes over an INVITE to an AOR with push bindings."""
+
+    async def prepare_call(
+        self, request: SipRequest, aor: str, bindings: Sequence[tuple[Binding, bool]]
+    ) -> HeldCall | None:
+        """``bindings``: the AOR's push bindings, each with whether a live connection reaches
+        it. None: call push has nothing to do (the proxy forks as usual, 480 if nothing is
+        reachable); else the proxy holds the INVITE while the call has no live branch."""
+        ...
 
     def on_binding_event(self, event: BindingEvent) -> None:
         """A binding was added, refreshed or removed; called once the change is stored and
@@ -72,6 +101,7 @@ class Target:
     q: float = 1.0
     flow: Flow | None = None
     routes: tuple[str, ...] = ()
+    binding_id: str | None = None  # the registered binding it came from, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +421,7 @@ class ProxyCore:
 @dataclass(slots=True)
 class _Branch:
     forward: Forward
+    target: Target
     provisional: bool = False
     final: int | None = None
     unreachable: bool = False
@@ -402,15 +433,20 @@ class _Branch:
 @dataclass(slots=True)
 class ForkContext:
     """Response context of one proxied request (§16.7). ``request`` is as received, with
-    Routes pre-processed; ``targets`` the target set (§16.5)."""
+    Routes pre-processed; ``targets`` the target set (§16.5). ``held``: call push holds the
+    INVITE, so running out of branches does not answer it; ``release``, ``respond`` or a
+    branch's 2xx end that. Branches can be added while no final went out (``add_target``)."""
 
     core: ProxyCore
     request: SipRequest
     arrival: Flow
     targets: Sequence[Target]
+    held: bool = False
     branches: dict[str, _Branch] = field(default_factory=dict)
     final_sent: bool = False
     cancelled: bool = False
+    decided_by: str | None = None  # branch of the first 2xx or 6xx
+    _tag: str = field(default_factory=new_tag)  # To tag of our own provisional responses
     _groups: list[list[Target]] = field(default_factory=list)
     _finals: list[SipResponse] = field(default_factory=list)
     _six: bool = False
@@ -433,21 +469,56 @@ class ForkContext:
     def start(self) -> list[ProxyAction]:
         return self._next_group()
 
+    def binding_of(self, branch_id: str | None) -> str | None:
+        branch = self.branches.get(branch_id) if branch_id is not None else None
+        return branch.target.binding_id if branch is not None else None
+
+    def _branch(self, target: Target) -> Forward | None:
+        record_route = self.core.needs_record_route(self.request)
+        try:
+            forward = self.core.forward(
+                self.request, target, self.arrival, record_route=record_route
+            )
+        except RequestError as exc:
+            self._finals.append(exc.response(self.request))
+            return None
+        self.branches[forward.branch] = _Branch(forward, target)
+        return forward
+
     def _next_group(self) -> list[ProxyAction]:
         out: list[ProxyAction] = []
-        record_route = self.core.needs_record_route(self.request)
         while self._groups and not out:
-            for target in self._groups.pop(0):
-                try:
-                    forward = self.core.forward(
-                        self.request, target, self.arrival, record_route=record_route
-                    )
-                except RequestError as exc:
-                    self._finals.append(exc.response(self.request))
-                    continue
-                self.branches[forward.branch] = _Branch(forward)
-                out.append(forward)
-        return out or self._finish()
+            out += [f for target in self._groups.pop(0) if (f := self._branch(target))]
+        if out or self.held:
+            return list(out)
+        return self._finish()
+
+    def add_target(self, target: Target) -> list[ProxyAction]:
+        """Fork to ``target`` now (a device woken by a push registered again)."""
+        if self.final_sent or self.cancelled:
+            return []
+        forward = self._branch(target)
+        return [forward] if forward is not None else self._check_done()
+
+    def release(self) -> list[ProxyAction]:
+        """Call push stops holding: the fork answers as usual once its branches are done."""
+        self.held = False
+        return self._check_done()
+
+    def provisional(self, status: int, reason: str) -> list[ProxyAction]:
+        """A provisional response of our own (180 ring-back, 110 Push sent)."""
+        if self.final_sent or status <= 100:
+            return []  # the transaction layer sent 100 Trying already
+        return [Respond(make_response(self.request, status, reason, to_tag=self._tag))]
+
+    def respond(self, status: int, reason: str) -> list[ProxyAction]:
+        """A final decided outside the fork (call push gave up): cancel branches, answer."""
+        self.held = False
+        if self.final_sent:
+            return []
+        out = self._cancel_all(None)
+        self.final_sent = True
+        return [*out, Respond(make_response(self.request, status, reason, to_tag=new_tag()))]
 
     def _pending(self) -> list[_Branch]:
         return [b for b in self.branches.values() if b.final is None]
@@ -492,6 +563,9 @@ class ForkContext:
         if 200 <= status < 300:
             first = branch.final is None
             branch.final = status
+            self.held = False
+            if self.decided_by is None:
+                self.decided_by = branch_id
             if self.invite:
                 # Every 2xx of an INVITE goes upstream: each one is a dialog the caller ACKs.
                 out = self._cancel_all(REASON_COMPLETED_ELSEWHERE) if first else []
@@ -508,6 +582,8 @@ class ForkContext:
         out = []
         if status >= 600 and self.invite:
             self._six = True
+            if self.decided_by is None:
+                self.decided_by = branch_id
             out = self._cancel_all(REASON_DECLINED_ELSEWHERE)
         return out + self._check_done()
 
@@ -524,6 +600,7 @@ class ForkContext:
     def cancel(self) -> list[ProxyAction]:
         """The caller sent CANCEL (§16.10): cancel every branch, answer the INVITE 487."""
         self.cancelled = True
+        self.held = False
         out = self._cancel_all(None)
         if not self.final_sent:
             self.final_sent = True
@@ -532,6 +609,7 @@ class ForkContext:
 
     def expire(self) -> list[ProxyAction]:
         """The whole fork ran too long (Timer C, §16.8): cancel and answer 408."""
+        self.held = False
         out = self._cancel_all(None)
         if not self.final_sent:
             self.final_sent = True
@@ -539,7 +617,7 @@ class ForkContext:
         return out
 
     def _check_done(self) -> list[ProxyAction]:
-        if self._pending() or self.final_sent:
+        if self._pending() or self.final_sent or self.held:
             return []
         if self._groups and not self._six and not self.cancelled:
             return self._next_group()

@@ -139,6 +139,42 @@ class LpnsSettings(Section):
     recheck_seconds: float = Field(30.0, gt=0)
 
 
+class ChatSettings(Section):
+    # The XEP-0357 app server, an XEP-0114 component of the user's chat server (docs/chat.md).
+    enabled: bool = False
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(5347, ge=1, le=65535)
+    # The component's JID, e.g. push.example.org (the chat server's Component entry).
+    component_jid: str = ""
+    # File holding the component password shared with the chat server; empty =
+    # <data_dir>/chat-component-secret, created on first start.
+    component_secret_file: str = ""
+    # Key the push node secrets are derived from, shared by the nodes of a group; empty =
+    # <data_dir>/chat-secret, created on first start.
+    secret_file: str = ""
+    # Users' XMPP domain (bare JID = sign-in username@domain); empty = component_jid without
+    # its first label.
+    domain: str = ""
+    include_sender: bool = True
+    include_body: bool = False
+    last_active_session: bool = True
+    inactive_after: float = Field(300.0, ge=0, description="seconds")
+    node_rate: float = Field(5.0, gt=0, description="publishes/s per node")
+    node_burst: int = Field(20, ge=1)
+    max_in_flight: int = Field(1000, ge=1)
+    reconnect_delay: float = Field(2.0, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatSettings:
+        if self.enabled and not self.component_jid:
+            raise ValueError("chat push needs component_jid")
+        return self
+
+    @property
+    def user_domain(self) -> str:
+        return self.domain or self.component_jid.partition(".")[2]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -154,6 +190,7 @@ class Settings(BaseSettings):
     sip: SipSettings = SipSettings()
     signin: SigninSettings = SigninSettings()
     lpns: LpnsSettings = LpnsSettings()
+    chat: ChatSettings = ChatSettings()
 
     @field_validator("data_dir")
     @classmethod

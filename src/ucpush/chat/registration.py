@@ -1,0 +1,43 @@
+"""How a phone gets its XEP-0357 push node and secret.
+
+The app server keeps no registration table: the node is the sign-in device id and the secret
+is an HMAC of it under the chat push key (``chat.secret_file``, shared by the nodes of a
+group). The phone asks for them once it has signed in (``ucpush chat registration DEVICE``
+prints them for an operator; the sign-in API hands them to the app), then sends
+``<enable jid='<component>' node='<node>'>`` with ``secret`` in the publish-options form.
+
+Nothing about the device has to be stored twice, a publish is checked with one HMAC, and a
+key rotation invalidates every registration at once (phones re-enable on their next sign-in).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+_CONTEXT = b"ucpush xep-0357 node secret\x00"
+
+
+def node_secret(key: bytes, node: str) -> str:
+    """The publish-options ``secret`` of ``node`` (URL-safe base64, no padding)."""
+    digest = hmac.new(key, _CONTEXT + node.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def secret_matches(key: bytes, node: str, secret: str) -> bool:
+    return hmac.compare_digest(node_secret(key, node), secret)
+
+
+@dataclass(frozen=True, slots=True)
+class PushRegistration:
+    """What a phone puts in its ``<enable/>``: ``jid`` (the app server), ``node``, ``secret``."""
+
+    jid: str
+    node: str
+    secret: str
+
+
+def registration_for(key: bytes, component_jid: str, device_id: str) -> PushRegistration:
+    return PushRegistration(component_jid, device_id, node_secret(key, device_id))

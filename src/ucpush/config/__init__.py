@@ -175,6 +175,19 @@ class ChatSettings(Section):
         return self.domain or self.component_jid.partition(".")[2]
 
 
+class AlarmSettings(Section):
+    """Alarm store and the troubleshooting upload (SPEC §7); ``ucpush alarms pushfrequency``
+    and ``minpushlevel`` override the first two in the database."""
+
+    push_frequency_minutes: int = Field(30, ge=5, le=90)
+    min_push_level: Literal["Critical", "Error", "Warning", "Notice", "Info"] = "Error"
+    # Name of this node in alarms; empty = the host name.
+    node_name: str = ""
+    history_size: int = Field(1000, ge=10)
+    poll_seconds: float = Field(5.0, gt=0)
+    upload_batch_bytes: int = Field(12000, ge=2048, le=1 << 20)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -190,6 +203,7 @@ class Settings(BaseSettings):
     sip: SipSettings = SipSettings()
     signin: SigninSettings = SigninSettings()
     lpns: LpnsSettings = LpnsSettings()
+    alarms: AlarmSettings = AlarmSettings()
     chat: ChatSettings = ChatSettings()
 
     @field_validator("data_dir")

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ucpush import __version__
 from ucpush.crypto.jwe import JweError, parse_compact
 from ucpush.httpapi import BodyLimit, describe_validation_errors, error_response
+from ucpush.relay.alarms_api import alarm_upload_router
 from ucpush.relay.identity import AccessClaims, AuthError
 from ucpush.relay.providers.base import (
     Outcome,
@@ -375,6 +376,8 @@ def create_app(relay: RelayService, public_url: str) -> PushEndpoint:
         await relay.onboarding.offboard(claims.account_id)
         relay.forget_account(claims.account_id)
         return Response(status_code=204)
+
+    app.include_router(alarm_upload_router(relay))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
     from ucpush.store.sql import SqlRelayRepository
     from ucpush.store.sql_signin import SqlSigninRepository
     from ucpush.store.sql_sip import SqlSipRepository
@@ -33,6 +34,8 @@ class Store:
     relay: SqlRelayRepository
     sip: SqlSipRepository
     signin: SqlSigninRepository
+    alarms: SqlAlarmRepository  # the nodes' alarms and upload settings
+    tenant_alarms: SqlTenantAlarmRepository  # relay: alarms tenants uploaded
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -59,6 +62,7 @@ async def open_store(url: str) -> Store:
     """
     # Imported here so that components needing only the records in ``repository`` (and CLI
     # start-up) do not load SQLAlchemy and Alembic.
+    from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
     from ucpush.store.migrate import upgrade
     from ucpush.store.sql import SqlRelayRepository, create_engine
     from ucpush.store.sql_signin import SqlSigninRepository
@@ -75,4 +79,6 @@ async def open_store(url: str) -> Store:
         relay=SqlRelayRepository(engine),
         sip=SqlSipRepository(engine),
         signin=SqlSigninRepository(engine),
+        alarms=SqlAlarmRepository(engine),
+        tenant_alarms=SqlTenantAlarmRepository(engine),
     )

@@ -188,6 +188,28 @@ class AlarmSettings(Section):
     upload_batch_bytes: int = Field(12000, ge=2048, le=1 << 20)
 
 
+class CloudSettings(Section):
+    """The node's connection to its relay; onboarding state itself lives in the database."""
+
+    # AES key sealing the refresh token, proxy password and PII token in the database; every
+    # node of the cluster needs the same file. Empty = <data_dir>/cloud-secret.
+    secret_file: str = ""
+    cluster_name: str = ""
+    reload_seconds: float = Field(30.0, gt=0)
+    request_timeout: float = Field(10.0, gt=0)
+
+
+class AdminSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9444, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # HMAC key for admin session cookies and bearer tokens. Empty = <data_dir>/admin-secret.
+    secret_file: str = ""
+    session_minutes: int = Field(480, ge=1, le=10080)
+    max_body_bytes: int = Field(65536, ge=1024)
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -203,6 +225,8 @@ class Settings(BaseSettings):
     sip: SipSettings = SipSettings()
     signin: SigninSettings = SigninSettings()
     lpns: LpnsSettings = LpnsSettings()
+    cloud: CloudSettings = CloudSettings()
+    admin: AdminSettings = AdminSettings()
     alarms: AlarmSettings = AlarmSettings()
     chat: ChatSettings = ChatSettings()
 

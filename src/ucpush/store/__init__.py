@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
+    from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
+
     from ucpush.store.sql import SqlRelayRepository
     from ucpush.store.sql_signin import SqlSigninRepository
     from ucpush.store.sql_sip import SqlSipRepository
@@ -34,6 +36,8 @@ class Store:
     relay: SqlRelayRepository
     sip: SqlSipRepository
     signin: SqlSigninRepository
+    cloud: SqlCloudRepository  # the node's relay onboarding state
+    admins: SqlAdminRepository  # users of the node's admin page and API
     alarms: SqlAlarmRepository  # the nodes' alarms and upload settings
     tenant_alarms: SqlTenantAlarmRepository  # relay: alarms tenants uploaded
 
@@ -63,6 +67,7 @@ async def open_store(url: str) -> Store:
     # Imported here so that components needing only the records in ``repository`` (and CLI
     # start-up) do not load SQLAlchemy and Alembic.
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
+    from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
     from ucpush.store.migrate import upgrade
     from ucpush.store.sql import SqlRelayRepository, create_engine
     from ucpush.store.sql_signin import SqlSigninRepository
@@ -79,6 +84,8 @@ async def open_store(url: str) -> Store:
         relay=SqlRelayRepository(engine),
         sip=SqlSipRepository(engine),
         signin=SqlSigninRepository(engine),
+        cloud=SqlCloudRepository(engine),
+        admins=SqlAdminRepository(engine),
         alarms=SqlAlarmRepository(engine),
         tenant_alarms=SqlTenantAlarmRepository(engine),
     )

@@ -247,6 +247,8 @@ class ConnectExchange:
 
     def receive(self, data: bytes) -> ConnectAnswer | None:
         """Feed bytes from the proxy (``b""`` at end of stream); the answer once it is complete."""
+        if not data:
+            raise httpx.ProxyError("proxy closed the connection before answering CONNECT")
         self._http.receive_data(data)
         while True:
             try:
@@ -255,9 +257,7 @@ class ConnectExchange:
                 raise httpx.ProxyError(f"malformed answer to CONNECT: {exc}") from exc
             if event is h11.NEED_DATA:
                 return None
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
+            if isinstance(event, h11.Response):  # else a 1xx interim answer: read on
                 answer = ConnectAnswer(
                     event.status_code,
                     event.reason.decode("latin-1"),
@@ -267,7 +267,6 @@ class ConnectExchange:
                     # A TLS client speaks first: nothing may come through before our hello.
                     raise httpx.ProxyError("proxy sent data into the tunnel before the client")
                 return answer
-            raise httpx.ProxyError("proxy closed the connection before answering CONNECT")
 
 
 # --- IO ---------------------------------------------------------------------------------------

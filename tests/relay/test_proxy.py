@@ -10,20 +10,24 @@ import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
+import trustme
 
 from ucpush.crypto import jwe
 from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
 from ucpush.relay.providers.base import Outcome, PushType
-from ucpush.relay.proxy import FailoverTransport, ProxyAuthError, ProxySettings
+from ucpush.relay.proxy import FailoverTransport, ProxyAuthError, ProxySettings, ProxyTunnel
 
 from .conftest import BUNDLE, DEVICE_KEY, Stack
 
@@ -42,11 +46,16 @@ pytestmark = pytest.mark.skipif(
 class Squid:
     host: str
     port: int
+    tls_port: int
+    ca: trustme.CA
     access_log: Path
 
-    def settings(self, auth: str, password: str | None = None) -> ProxySettings:
+    def settings(
+        self, auth: str, password: str | None = None, scheme: str = "http"
+    ) -> ProxySettings:
         username, right = USERS.get(auth, ("", ""))
-        return ProxySettings("http", self.host, self.port, username, password or right, auth)  # type: ignore[arg-type]
+        port = self.tls_port if scheme == "https" else self.port
+        return ProxySettings(scheme, self.host, port, username, password or right, auth)  # type: ignore[arg-type]
 
     def connects(self) -> list[tuple[str, str, str]]:
         """(result code, CONNECT target, user) per logged CONNECT."""
@@ -80,9 +89,12 @@ def _run_squid(work: Path) -> Iterator[Squid]:
     ).stdout.strip()
     (work / "basic.pw").write_text(f"{basic_user}:{hashed}\n")
     (work / "digest.pw").write_text("{}:{}\n".format(*USERS["digest"]))
-    port = _free_port(PROXY_HOST)
+    ca = trustme.CA()
+    ca.issue_cert(PROXY_HOST).private_key_and_cert_chain_pem.write_to_path(str(work / "tls.pem"))
+    port, tls_port = _free_port(PROXY_HOST), _free_port(PROXY_HOST)
     config = [
         f"http_port {PROXY_HOST}:{port}",
+        f"https_port {PROXY_HOST}:{tls_port} tls-cert={work}/tls.pem",
         f"pid_filename {work}/squid.pid",
         f"cache_log {work}/cache.log",
         f"access_log stdio:{work}/access.log",
@@ -98,6 +110,8 @@ def _run_squid(work: Path) -> Iterator[Squid]:
         f"auth_param digest program {SQUID_HELPERS}/digest_file_auth {work}/digest.pw",
         "auth_param digest children 1",
         "auth_param digest realm ucpush-test",
+        # Nonces wear out after a few tunnels: the client must answer a fresh challenge.
+        "auth_param digest nonce_max_count 2",
         "acl authenticated proxy_auth REQUIRED",
         "http_access allow authenticated",
         "http_access deny all",
@@ -125,7 +139,7 @@ def _run_squid(work: Path) -> Iterator[Squid]:
                     "squid did not start: " + "".join(p.read_text() for p in logs if p.exists())
                 )
             time.sleep(0.1)
-        yield Squid(PROXY_HOST, port, work / "access.log")
+        yield Squid(PROXY_HOST, port, tls_port, ca, work / "access.log")
     finally:
         process.terminate()
         try:
@@ -225,16 +239,23 @@ async def _push(client: RelayClient, tracking_id: str) -> Outcome:
 # --- through squid ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("auth", ["basic", "digest"])
-async def test_onboarding_and_push_through_the_proxy(stack: Stack, squid: Squid, auth: str):
+@pytest.mark.parametrize(
+    ("scheme", "auth"), [("http", "basic"), ("http", "digest"), ("https", "digest")]
+)
+async def test_onboarding_and_push_through_the_proxy(
+    stack: Stack, squid: Squid, scheme: str, auth: str
+):
+    """With https, the relay's TLS runs inside the TLS connection to the proxy."""
     stack.apns.register_device(APNS_TOKEN, BUNDLE)
-    proxy = squid.settings(auth)
+    proxy = squid.settings(auth, scheme=scheme)
+    trust = stack.client_ssl()
+    squid.ca.configure_trust(trust)  # one trust store for proxy and relay
     before = len(squid.connects())
     enrollment = await RelayClient.enroll(
-        stack.relay.url, await stack.voucher(), "cluster-p", verify=stack.client_ssl(), proxy=proxy
+        stack.relay.url, await stack.voucher(), "cluster-p", verify=trust, proxy=proxy
     )
     async with RelayClient(
-        stack.relay.url, enrollment.refresh_token, verify=stack.client_ssl(), proxy=proxy
+        stack.relay.url, enrollment.refresh_token, verify=trust, proxy=proxy
     ) as client:
         assert await _push(client, f"trk-{auth}") is Outcome.DELIVERED
         assert (await client.status())["status"] == "completed"
@@ -248,6 +269,24 @@ async def test_onboarding_and_push_through_the_proxy(stack: Stack, squid: Squid,
     connects = squid.connects()[before:]
     tunnels = [c for c in connects if c[0].endswith("/200")]
     assert tunnels == [("TCP_TUNNEL/200", relay, USERS[auth][0])] * 2, connects
+
+
+async def test_digest_challenge_is_kept_for_later_tunnels_then_renewed(stack: Stack, squid: Squid):
+    tunnel = ProxyTunnel(squid.settings("digest"), ssl.create_default_context())
+    backend = httpcore.AnyIOBackend()
+    relay = f"127.0.0.1:{_relay_port(stack)}"
+    before = len(squid.connects())
+    for _ in range(4):
+        stream = await tunnel.open(lambda: backend.connect_tcp(squid.host, squid.port), relay)
+        await stream.aclose()
+    # Tunnel 1 after a 407; tunnels 2 and 3 on the same nonce (nc=2, 3); squid then wants a new
+    # one (with nonce_max_count 2 it takes nc up to 3), so tunnel 4 answers a fresh challenge.
+    for _ in range(100):  # squid logs a tunnel when it ends
+        if len(squid.connects()) - before >= 6:
+            break
+        await asyncio.sleep(0.05)
+    results = Counter(code for code, _, _ in squid.connects()[before:])
+    assert results == {"TCP_DENIED/407": 2, "TCP_TUNNEL/200": 4}
 
 
 @pytest.mark.parametrize("auth", ["basic", "digest"])

@@ -72,23 +72,31 @@ class AlarmUpload(BaseModel):
 
     cluster_id: str = Field(min_length=1, max_length=128)
     node: str = Field(min_length=1, max_length=255)
-    alarms: list[UploadedAlarm] = Field(min_length=1, max_length=500)
+    # Empty: a check-in, proving the cluster reaches the relay with a valid token.
+    alarms: list[UploadedAlarm] = Field(max_length=500)
 
 
 class AlarmUploadResult(BaseModel):
     stored: int
 
 
+async def _claims(request: Request) -> AccessClaims:
+    """The caller's machine account, from its bearer access token (``AuthError`` → 401)."""
+    relay: RelayService = request.app.state.relay
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("invalid_request", "missing bearer access token")
+    return await relay.authenticate(token.strip())
+
+
+Claims = Annotated[AccessClaims, Depends(_claims)]
+
+
 def alarm_upload_router(relay: RelayService) -> APIRouter:
-    """The router ``create_app`` includes; its alarms share the relay repository's engine."""
+    """The router ``create_app`` includes (it sets ``app.state.relay``); the alarms share the
+    relay repository's engine."""
     repo = SqlTenantAlarmRepository.sharing(relay.repo)
     router = APIRouter(tags=["operations"])
-
-    async def claims(request: Request) -> AccessClaims:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError("invalid_request", "missing bearer access token")
-        return await relay.authenticate(token.strip())
 
     @router.post(
         "/v1/alarms",
@@ -99,9 +107,7 @@ def alarm_upload_router(relay: RelayService) -> APIRouter:
             409: {"description": "cluster_id is not the machine account's cluster"},
         },
     )
-    async def upload_alarms(
-        body: AlarmUpload, who: Annotated[AccessClaims, Depends(claims)]
-    ) -> Any:
+    async def upload_alarms(body: AlarmUpload, who: Claims) -> Any:
         """Store a cluster's alarms under its tenant (troubleshooting upload). Bearer access
         token of the cluster's machine account required."""
         account = await relay.repo.get_machine_account(who.account_id)

@@ -418,6 +418,7 @@ async def test_refusing_address_is_left_at_once_and_all_dead_is_one_clear_error(
     assert "; 127.0.0.4: " in str(err.value)
 
 
+@pytest.mark.slow
 async def test_unconfirmed_push_is_resent_to_the_next_address_after_5s(
     stack: Stack, named_relay: tuple[str, int]
 ):

@@ -328,7 +328,10 @@ class ProxyTunnel:
                     f"proxy {proxy.address} refused CONNECT {target}: "
                     f"{answer.status} {answer.reason}"
                 )
-            offered = parse_challenges(answer.header_values("proxy-authenticate"))
+            try:
+                offered = parse_challenges(answer.header_values("proxy-authenticate"))
+            except ValueError as exc:
+                raise httpx.ProxyError(f"proxy {proxy.address}: {exc}") from exc
             if proxy.auth == "none":
                 schemes = ", ".join(sorted({scheme for scheme, _ in offered})) or "no scheme"
                 raise ProxyAuthError(

@@ -27,7 +27,13 @@ import trustme
 from ucpush.crypto import jwe
 from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
 from ucpush.relay.providers.base import Outcome, PushType
-from ucpush.relay.proxy import FailoverTransport, ProxyAuthError, ProxySettings, ProxyTunnel
+from ucpush.relay.proxy import (
+    FailoverTransport,
+    ProxyAuthError,
+    ProxySettings,
+    ProxyTunnel,
+    resolve_addresses,
+)
 
 from .conftest import BUNDLE, DEVICE_KEY, Stack
 
@@ -464,3 +470,31 @@ async def test_onboarding_is_not_resent_when_unanswered(stack: Stack, named_rela
     with pytest.raises(RelayError) as used:
         await RelayClient.enroll(url, voucher, "c", verify=stack.client_ssl())
     assert used.value.error == "voucher_used"
+
+
+async def test_names_are_resolved_again_after_the_dns_ttl(
+    stack: Stack, named_relay: tuple[str, int]
+):
+    url, _ = named_relay
+    lookups: list[str] = []
+    now = [0.0]
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    transport = FailoverTransport(
+        verify=stack.client_ssl(), resolve=resolve, dns_ttl=3600, clock=lambda: now[0]
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        for at in (0.0, 3599.0, 3601.0):
+            now[0] = at
+            assert (await http.get(f"{url}/healthz")).status_code == 200
+    assert lookups == ["localhost", "localhost"]
+
+
+async def test_system_resolver():
+    assert await resolve_addresses("127.0.0.2", 443) == ["127.0.0.2"]
+    assert await resolve_addresses("::1", 443) == ["::1"]
+    local = await resolve_addresses("localhost", 443)
+    assert set(local) <= {"127.0.0.1", "::1"} and local and len(local) == len(set(local))

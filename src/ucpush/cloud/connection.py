@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 
-from ucpush.alarms import Severity, raise_alarm
+from ucpush.alarms import Severity, clear_alarm, raise_alarm
 from ucpush.cloud.sealing import Sealer
 from ucpush.cloud.sql import CloudRecord, SqlCloudRepository
 from ucpush.config import CloudSettings, Settings
@@ -340,6 +340,7 @@ class CloudConnection:
                 detail="",
                 push_enabled=True,
             )
+            self._clear_alarms()
         log.info("onboarded", cluster_id=self.cluster_id, relay=url, account=enrollment.account_id)
         return self.status
 
@@ -380,6 +381,7 @@ class CloudConnection:
                 detail="",
                 push_enabled=False,
             )
+            self._clear_alarms()  # no account, nothing to alarm about until the next voucher
         log.info("offboarded", cluster_id=self.cluster_id)
 
     async def replace_refresh_token(self, token: str) -> CloudStatus:
@@ -414,6 +416,7 @@ class CloudConnection:
                 alarm="",
                 detail="",
             )
+            self._clear_alarms()
         log.info("refresh_token_replaced", cluster_id=self.cluster_id)
         return self.status
 
@@ -439,6 +442,7 @@ class CloudConnection:
                 if self._record.status != OnboardingStatus.COMPLETED:
                     log.info("onboarding_recovered", cluster_id=self.cluster_id)
                 await self._save(status=OnboardingStatus.COMPLETED, alarm="", detail="")
+                self._clear_alarms()
             return self.status
 
     async def check_reachability(self, relay_url: str | None = None) -> Reachability:
@@ -592,6 +596,12 @@ class CloudConnection:
 
     def _alarm(self, alarm: str, detail: str) -> None:
         raise_alarm(alarm, _SEVERITY[alarm], cluster_id=self.cluster_id, detail=detail)
+
+    @staticmethod
+    def _clear_alarms() -> None:
+        """The relay accepted our token again: the conditions behind these alarms are over."""
+        for alarm in _SEVERITY:
+            clear_alarm(alarm)
 
     async def _drop_client(self, *, at_once: bool = False) -> None:
         client, self._client = self._client, None

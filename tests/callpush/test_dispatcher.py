@@ -60,7 +60,7 @@ async def targets(node: Node, *bindings: Binding) -> list[tuple[CallDevice, Push
 
 
 def dispatcher(client: RelayClient | None, node: Node) -> PushDispatcher:
-    return PushDispatcher(client, PayloadBuilder(NODE), node.signin.repo, lpns=node.lpns)
+    return PushDispatcher(lambda: client, PayloadBuilder(NODE), node.signin.repo, lpns=node.lpns)
 
 
 async def play_app(ws: ClientConnection, *, ack: bool) -> list[dict[str, Any]]:
@@ -409,7 +409,7 @@ async def test_keyless_device_gets_nothing_when_policy_forbids(stack: Stack, nod
     [(_, target)] = await targets(node, binding("bare", prid="cd" * 32))
     async with await stack.enrolled_client() as client:
         d = PushDispatcher(
-            client,
+            lambda: client,
             PayloadBuilder(NODE, PayloadPolicy(pii_free_without_key=False)),
             node.signin.repo,
         )

@@ -122,12 +122,13 @@ class DeviceStates(Protocol):
 class PushDispatcher:
     def __init__(
         self,
-        relay: RelayClient | None,
+        relay: Callable[[], RelayClient | None],
         payloads: PayloadBuilder,
         devices: DeviceStates,
         *,
         lpns: LpnsService | None = None,
     ) -> None:
+        # Asked per push: onboarding, push disabled or a new refresh token change the client.
         self.relay = relay
         self.payloads = payloads
         self.devices = devices
@@ -171,12 +172,14 @@ class PushDispatcher:
     async def _send_relay(
         self, push: SendPush, target: PushTarget, payload: str, tracking_id: str
     ) -> bool:
-        if self.relay is None:
+        relay = self.relay()
+        if relay is None:
             PUSH_ERROR_RES_RECEIVED.inc()
+            _log.warning("no relay: push notifications not onboarded or disabled")
             return False
         PUSH_REQ_SENT.inc()
         try:
-            result = await self.relay.send_encrypted(
+            result = await relay.send_encrypted(
                 target=target.token,
                 service=target.service,
                 push_type=push.push_type,

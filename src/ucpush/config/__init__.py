@@ -99,6 +99,11 @@ class SipSettings(Section):
     push_providers: list[str] = ["apns", "fcm"]
     invite_timeout: float = Field(180.0, gt=0, description="seconds (Timer C)")
     max_message_size: int = Field(65535, ge=1500, le=1 << 20)
+    # Bindings live in memory and are written to the store behind the 2xx, in one transaction
+    # per this many ms (a crash loses at most that window); 0 = written before the 2xx.
+    binding_flush_ms: int = Field(20, ge=0, le=10000)
+    # SIP accounts are cached this long; a failed authentication re-reads the account at once.
+    user_cache_seconds: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> SipSettings:
@@ -137,6 +142,48 @@ class LpnsSettings(Section):
     # Sessions are re-checked against the store this often: catches sign-outs and deletions
     # made by another node or the admin CLI, and SSID lists changed under a session.
     recheck_seconds: float = Field(30.0, gt=0)
+
+
+class CallPushSettings(Section):
+    """Call push (SPEC §2): timers and payload policy of the calls held for woken devices."""
+
+    ringback_after: float = Field(5.0, gt=0, description="seconds")
+    drop_after: float = Field(13.0, gt=0, description="seconds")
+    push_reachable: bool = True
+    reachable_push_delay: float = Field(1.0, ge=0, description="seconds")
+    linger: float = Field(30.0, gt=0, description="seconds")
+    push_sent_option: str = ""
+    pii_free_without_key: bool = True
+    active_node: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CallPushSettings:
+        if self.ringback_after >= self.drop_after:
+            raise ValueError("ringback_after must be shorter than drop_after")
+        return self
+
+
+class CloudSettings(Section):
+    """The node's connection to its relay; onboarding state itself lives in the database."""
+
+    # AES key sealing the refresh token, proxy password and PII token in the database; every
+    # node of the cluster needs the same file. Empty = <data_dir>/cloud-secret.
+    secret_file: str = ""
+    cluster_name: str = ""
+    reload_seconds: float = Field(30.0, gt=0)
+    request_timeout: float = Field(10.0, gt=0)
+
+
+class AdminSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9444, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # HMAC key for admin session cookies and bearer tokens. Empty = <data_dir>/admin-secret.
+    secret_file: str = ""
+    session_minutes: int = Field(480, ge=1, le=10080)
+    max_body_bytes: int = Field(65536, ge=1024)
 
 
 class ChatSettings(Section):
@@ -188,28 +235,6 @@ class AlarmSettings(Section):
     upload_batch_bytes: int = Field(12000, ge=2048, le=1 << 20)
 
 
-class CloudSettings(Section):
-    """The node's connection to its relay; onboarding state itself lives in the database."""
-
-    # AES key sealing the refresh token, proxy password and PII token in the database; every
-    # node of the cluster needs the same file. Empty = <data_dir>/cloud-secret.
-    secret_file: str = ""
-    cluster_name: str = ""
-    reload_seconds: float = Field(30.0, gt=0)
-    request_timeout: float = Field(10.0, gt=0)
-
-
-class AdminSettings(Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(9444, ge=0, le=65535)
-    tls_cert: str = ""
-    tls_key: str = ""
-    # HMAC key for admin session cookies and bearer tokens. Empty = <data_dir>/admin-secret.
-    secret_file: str = ""
-    session_minutes: int = Field(480, ge=1, le=10080)
-    max_body_bytes: int = Field(65536, ge=1024)
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -225,10 +250,11 @@ class Settings(BaseSettings):
     sip: SipSettings = SipSettings()
     signin: SigninSettings = SigninSettings()
     lpns: LpnsSettings = LpnsSettings()
-    cloud: CloudSettings = CloudSettings()
-    admin: AdminSettings = AdminSettings()
+    callpush: CallPushSettings = CallPushSettings()
     alarms: AlarmSettings = AlarmSettings()
     chat: ChatSettings = ChatSettings()
+    cloud: CloudSettings = CloudSettings()
+    admin: AdminSettings = AdminSettings()
 
     @field_validator("data_dir")
     @classmethod

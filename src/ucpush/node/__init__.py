@@ -1,5 +1,5 @@
-"""The call node (``ucpush serve``): the SIP service, the client sign-in API and the local push
-service, sharing one store in one event loop."""
+"""The call node (``ucpush serve``): the SIP service with call push, the client sign-in API and
+the local push service, sharing one store and the node's relay connection in one event loop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ucpush import aio
+from ucpush.callpush.dispatcher import CallPushHandler, PushDispatcher, SigninDirectory
+from ucpush.callpush.engine import CallPushConfig
+from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
+from ucpush.cloud.connection import CloudConnection
 from ucpush.config import Settings
 from ucpush.logging import configure_logging, get_logger
 from ucpush.lpns.service import LpnsService
@@ -26,7 +30,46 @@ class RunningNode:
     sip: SipNode
     signin: SigninService
     lpns: LpnsService
+    cloud: CloudConnection
+    calls: CallPushHandler
     api_url: str
+
+
+def active_node_uri(settings: Settings) -> str:
+    """The SIP URI payloads name as the node to register to (``callpush.active_node``)."""
+    if settings.callpush.active_node:
+        return settings.callpush.active_node
+    sip = settings.sip
+    host = sip.advertise or sip.host
+    host = f"[{host}]" if ":" in host else host
+    if "tls" in sip.transports and sip.tls_cert:
+        return f"sips:{host}:{sip.tls_port}"
+    return f"sip:{host}:{sip.tcp_port};transport=tcp"
+
+
+def call_push_handler(
+    settings: Settings, store: Store, cloud: CloudConnection, lpns: LpnsService
+) -> CallPushHandler:
+    c = settings.callpush
+    payloads = PayloadBuilder(
+        active_node_uri(settings), PayloadPolicy(pii_free_without_key=c.pii_free_without_key)
+    )
+    if not c.pii_free_without_key:
+        log.info("callpush.policy", keyless_devices="no push")
+    dispatcher = PushDispatcher(cloud.current_client, payloads, store.signin, lpns=lpns)
+    config = CallPushConfig(
+        ringback_after=c.ringback_after,
+        drop_after=c.drop_after,
+        push_reachable=c.push_reachable,
+        reachable_push_delay=c.reachable_push_delay,
+        linger=c.linger,
+    )
+    return CallPushHandler(
+        dispatcher,
+        SigninDirectory(store.signin),
+        config=config,
+        push_sent_option=c.push_sent_option or None,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -35,16 +78,24 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
     signin = SigninService.from_settings(settings, store.signin)
     lpns = LpnsService.from_settings(settings.lpns, authorizer=signin)
     signin.sessions = lpns  # sign-out and deletions close live local push sessions
+    cloud = await CloudConnection.open(settings, store)
+    calls = call_push_handler(settings, store, cloud, lpns)
     sip = SipNode(
         settings.sip,
         store.sip,
         digest_secret=load_digest_secret(settings.data_dir),
         client_ssl=client_ssl_context(settings.sip),
+        push=calls,
     )
     api = settings.signin
-    await sip.start()
+    try:
+        await sip.start()
+    except BaseException:
+        await cloud.aclose()
+        raise
     try:
         async with (
+            cloud,
             lpns,
             aio.serve_http(
                 create_app(signin, max_body_bytes=api.max_body_bytes),
@@ -57,7 +108,8 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
             scheme = "https" if api.tls_cert else "http"
             url = f"{scheme}://{api.host}:{aio.bound_port(http)}"
             log.info("node_started", api=url, sip_mode=settings.sip.mode)
-            yield RunningNode(sip, signin, lpns, url)
+            log.info("cloud", cluster_id=cloud.cluster_id, status=cloud.status.label)
+            yield RunningNode(sip, signin, lpns, cloud, calls, url)
     finally:
         await sip.close()
 

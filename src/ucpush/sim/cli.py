@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ucpush import aio
+from ucpush.cli.common import settings_from
 from ucpush.config import Settings, SimSettings, load_settings
 from ucpush.sim.apns import ApnsSimulator, DeviceRegistry
 from ucpush.sim.credentials import make_server_tls
@@ -103,12 +104,14 @@ async def _serve(settings: Settings, console: Console) -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
+        Path | None,
+        typer.Option("--config", "-c", help="TOML configuration file (default: ucpush's)."),
     ] = None,
 ) -> None:
     """Run APNs production, APNs sandbox and FCM simulators on the configured sim ports."""
-    settings = load_settings(config)
+    settings = load_settings(config) if config is not None else settings_from(ctx)
     console = Console()
     with contextlib.suppress(KeyboardInterrupt):
         aio.run(_serve(settings, console))

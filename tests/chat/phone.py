@@ -39,9 +39,8 @@ class Client(ClientXMPP):  # type: ignore[misc]
         self.add_event_handler("session_start", self._session_start)
         self.add_event_handler("session_resumed", lambda _e: self.resumed.set())
         self.add_event_handler("message", self._record)
+        self.add_event_handler("presence", self._record)
         self.add_event_handler("groupchat_direct_invite", self._record)
-        self.add_event_handler("presence_available", self._record)
-        self.add_event_handler("presence_unavailable", self._record)
 
     async def _session_start(self, _event: Any) -> None:
         self.send_presence()
@@ -68,10 +67,14 @@ class Client(ClientXMPP):  # type: ignore[misc]
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         """Until ``count`` stanzas were received in all."""
-        async with asyncio.timeout(timeout):
-            while len(self.received) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.received) < count:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            got = [str(s) for s in self.received]
+            raise AssertionError(f"expected {count} stanzas, got {len(got)}: {got}") from None
 
     async def enable_push(self, component: str, node: str, secret: str | None) -> None:
         iq = self.Iq(stype="set")
@@ -116,8 +119,18 @@ class Client(ClientXMPP):  # type: ignore[misc]
         self.connect("127.0.0.1", self.chat_server.c2s_port)
         await asyncio.wait_for(self.resumed.wait(), 15)
 
+    async def sign_out(self) -> None:
+        """What a client does on sign-out: unavailable presence, then ``</stream>``."""
+        self.send_presence(ptype="unavailable")
+        await asyncio.sleep(0.1)
+        await self.close()
+
     async def close(self) -> None:
         await self.disconnect(wait=1.0)
+
+
+def _invitation(stanza: Any) -> bool:
+    return stanza.xml.find("{jabber:x:conference}x") is not None
 
 
 def _form(form_type: str, secret: str) -> Any:

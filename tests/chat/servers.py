@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -137,17 +138,14 @@ def ejabberd(tmp: Path, users: list[str]) -> Iterator[ChatServer]:
     )
     (data / "ejabberd.yml").write_text(config)
     node = f"ucpush{secrets.token_hex(4)}@localhost"
-    env = {
-        **os.environ,
-        "HOME": str(data),
-        "EJABBERD_CONFIG_PATH": str(data / "ejabberd.yml"),
-        "CONFIG_DIR": str(data),
-        "LOGS_DIR": str(data),
-        "SPOOL_DIR": str(data / "db"),
-        "ERL_NODE": node,
-        "EJABBERD_NODE": node,
-    }
-    ctl = ["ejabberdctl", "--config-dir", str(data), "--logs", str(data), "--spool",
+    # Debian's ejabberdctl switches from root to the ejabberd user, who cannot write the
+    # test's directory: run a copy that stays the current user.
+    script = (Path(shutil.which("ejabberdctl") or "ejabberdctl")).read_text()
+    ctl_path = data / "ejabberdctl"
+    ctl_path.write_text(re.sub(r"(?m)^INSTALLUSER=.*$", "INSTALLUSER=", script, count=1))
+    ctl_path.chmod(0o755)
+    env = {**os.environ, "HOME": str(data)}
+    ctl = [str(ctl_path), "--config-dir", str(data), "--logs", str(data), "--spool",
            str(data / "db"), "--node", node]  # fmt: skip
     proc = subprocess.Popen(
         [*ctl, "foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env

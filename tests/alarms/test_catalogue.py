@@ -14,7 +14,7 @@ from ucpush.alarms.catalogue import (
     push_level_rank,
 )
 
-# SPEC §7, name → severity (XCPConfigMgrAccessTokenIsNull has none there: ours is ERROR).
+# SPEC §7, name → severity (XCPConfigMgrAccessTokenIsNull has none there: ours is CRITICAL).
 SPEC_ALARMS = {
     "PushNotificationServiceUnavailable": "ALERT",
     "PushNotificationInvalidDeviceTokenResponse": "ERROR",
@@ -26,7 +26,7 @@ SPEC_ALARMS = {
     "PushNotificationFailedInvalidDeviceToken": "CRITICAL",
     "PushNotificationFailedInvalidAccessToken": "CRITICAL",
     "AccessTokenFetchFailed": "CRITICAL",
-    "XCPConfigMgrAccessTokenIsNull": "ERROR",
+    "XCPConfigMgrAccessTokenIsNull": "CRITICAL",
     "APNSAlarm": "ALERT",
     "LocalPushNotificationInvalidOAuthToken": "ALERT",
     "LocalPushNotificationServiceUnavailable": "CRITICAL",

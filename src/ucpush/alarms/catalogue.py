@@ -27,6 +27,7 @@ PUSH_LEVELS: tuple[PushLevel, ...] = get_args(PushLevel)
 PII_FIELDS = frozenset(
     {
         "device_id",
+        "node",  # chat alarms: the XEP-0357 node is the device id
         "user",
         "user_id",
         "username",
@@ -99,7 +100,7 @@ _DEFINITIONS = (
         "PushNotificationFailedInvalidDeviceToken",
         "CRITICAL",
         "a chat push was refused: invalid device token",
-        key=("device_id",),
+        key=("node",),  # the XEP-0357 node, which is the device id
         side="chat",
     ),
     AlarmDefinition(
@@ -114,10 +115,10 @@ _DEFINITIONS = (
         "chat push could not fetch an access token from the relay",
         side="chat",
     ),
-    # The guide gives no severity for this one; ERROR: chat pushes stop until it clears.
+    # The guide gives no severity for this one; CRITICAL: every chat push fails until it clears.
     AlarmDefinition(
         "XCPConfigMgrAccessTokenIsNull",
-        "ERROR",
+        "CRITICAL",
         "chat push has no access token (not onboarded, or token fetch failing)",
         side="chat",
     ),

@@ -208,3 +208,29 @@ async def test_sip_and_relay_share_an_in_memory_database() -> None:
         await store.sip.add_binding(binding())
         assert [b.id for b in await store.sip.list_bindings()] == ["b1"]
         assert await store.relay.list_tenants() == []
+
+
+async def test_apply_bindings_writes_a_batch_in_one_transaction(sip: SqlSipRepository) -> None:
+    await sip.add_binding(binding(1))
+    await sip.add_binding(binding(2, aor="sip:bob@example.org"))
+    refreshed = replace(binding(1), cseq=9, pn_extra={"pn-x": "y"}, path=())
+    others = [binding(n, aor=f"sip:u{n}@example.org") for n in range(3, 1203)]
+    # Across AORs; more removals than one DELETE takes; "missing" is ignored.
+    await sip.apply_bindings(
+        [refreshed, *others], ["b2", "missing", *(f"x{n}" for n in range(600))]
+    )
+    assert await sip.get_binding("b1") == refreshed
+    with pytest.raises(NotFound):
+        await sip.get_binding("b2")
+    assert len(await sip.list_bindings()) == 1201
+    await sip.apply_bindings([], [b.id for b in others])
+    assert [b.id for b in await sip.list_bindings()] == ["b1"]
+    await sip.apply_bindings([], [])  # nothing to do, no transaction
+
+
+async def test_apply_bindings_is_all_or_nothing(sip: SqlSipRepository) -> None:
+    await sip.add_binding(binding(1))
+    broken = binding(2, contact=None)  # NOT NULL column: the batch fails
+    with pytest.raises(Conflict):
+        await sip.apply_bindings([binding(3), broken], ["b1"])
+    assert [b.id for b in await sip.list_bindings()] == ["b1"]

@@ -78,6 +78,9 @@ class TransactionDriver:
         self._timers: dict[int, dict[str, asyncio.TimerHandle]] = {}
         self._server_flows: dict[int, Flow] = {}
         self._client_flows: dict[int, tuple[Flow, str | None]] = {}
+        # Client transactions per connection, failed when it closes before they are answered.
+        self._on_stream: dict[Flow, dict[int, ClientTransaction]] = {}
+        transport.on_flow_lost = self._flow_lost
 
     # input
 
@@ -114,6 +117,8 @@ class TransactionDriver:
         transport and a fresh branch."""
         tx, actions = self.layer.send_request(request, reliable=flow.reliable)
         self._client_flows[id(tx)] = (flow, server_name)
+        if flow.reliable:
+            self._on_stream.setdefault(flow, {})[id(tx)] = tx
         self._run(tx, actions, None)
         return tx
 
@@ -216,4 +221,17 @@ class TransactionDriver:
         for handle in self._timers.pop(id(tx), {}).values():
             handle.cancel()
         self._server_flows.pop(id(tx), None)
-        self._client_flows.pop(id(tx), None)
+        entry = self._client_flows.pop(id(tx), None)
+        if entry is not None and entry[0].reliable:
+            waiting = self._on_stream.get(entry[0])
+            if waiting is not None:
+                waiting.pop(id(tx), None)
+                if not waiting:
+                    del self._on_stream[entry[0]]
+
+    def _flow_lost(self, flow: Flow) -> None:
+        """§17.1.4: a connection closed under requests still awaiting their final response
+        is a transport error for them (no answer can come back on it)."""
+        for tx in list(self._on_stream.pop(flow, {}).values()):
+            if tx.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+                self._run(tx, self.layer.transport_error(tx), None)

@@ -23,7 +23,7 @@ import asyncio
 import re
 import secrets
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -683,9 +683,18 @@ class RegistrarService:
     """Runs ``Registrar`` against storage (a ``SipRepository``). REGISTERs for one AOR are
     serialised in this process so their read-modify-write of the bindings cannot interleave."""
 
-    def __init__(self, registrar: Registrar, repository: RegistrarStorage) -> None:
+    def __init__(
+        self,
+        registrar: Registrar,
+        repository: RegistrarStorage,
+        *,
+        on_auth_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``on_auth_failure(username, realm)`` runs when presented credentials were refused
+        with a 401 (a user cache drops the account there, so it is re-read next time)."""
         self.registrar = registrar
         self.repository = repository
+        self.on_auth_failure = on_auth_failure
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def register(
@@ -710,6 +719,8 @@ class RegistrarService:
             )
             if outcome.bindings_changed:
                 await self.repository.save_bindings(aor, outcome.upsert, outcome.remove)
+        if key is not None and outcome.response.status == 401 and self.on_auth_failure:
+            self.on_auth_failure(*key)
         return outcome
 
     async def sweep(self, now: datetime) -> list[BindingRemoved]:

@@ -27,6 +27,7 @@ from ucpush.sip.digest import DigestAuth
 from ucpush.sip.driver import TransactionDriver, via_flow
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.helpers import make_response, new_tag
+from ucpush.sip.location import BindingStore, LocationCache
 from ucpush.sip.message import SipRequest, SipResponse
 from ucpush.sip.proxy import (
     Cancel,
@@ -47,7 +48,6 @@ from ucpush.sip.registrar import (
     Registrar,
     RegistrarConfig,
     RegistrarService,
-    RegistrarStorage,
     Source,
     canonical_aor,
     push_params_match,
@@ -77,17 +77,6 @@ _GATEWAY_REGISTRAR = RegistrarConfig(
 )
 
 
-class StoredLocations:
-    """``LocationService`` over the registrar's storage: the AOR's unexpired bindings."""
-
-    def __init__(self, repository: RegistrarStorage) -> None:
-        self.repository = repository
-
-    async def lookup(self, aor: str) -> Sequence[Binding]:
-        now = datetime.now(UTC)
-        return [b for b in await self.repository.list_bindings(aor) if b.expires_at > now]
-
-
 def _same_contact(uri: URI, binding: Binding) -> bool:
     try:
         return uri.equivalent(parse_uri(binding.contact))
@@ -107,7 +96,7 @@ class SipNode:
     def __init__(
         self,
         settings: SipSettings,
-        repository: RegistrarStorage,
+        repository: BindingStore,
         *,
         digest_secret: bytes,
         push: PushHandler | None = None,
@@ -117,7 +106,13 @@ class SipNode:
         self.settings = settings
         self.push = push
         self._secret = digest_secret
-        self.locations: LocationService = StoredLocations(repository)
+        # Bindings and accounts from memory, written behind (see sip/location.py).
+        self.bindings = LocationCache(
+            repository,
+            flush_interval=settings.binding_flush_ms / 1000,
+            user_ttl=settings.user_cache_seconds,
+        )
+        self.locations: LocationService = self.bindings
         self.transport = SipTransport(
             self._receive, max_message_size=settings.max_message_size, client_ssl=client_ssl
         )
@@ -144,7 +139,11 @@ class SipNode:
         if settings.mode == "gateway":
             registrar_config = _GATEWAY_REGISTRAR
             auth = None  # the upstream authenticates its users
-        self.registrar = RegistrarService(Registrar(registrar_config, auth), repository)
+        self.registrar = RegistrarService(
+            Registrar(registrar_config, auth),
+            self.bindings,
+            on_auth_failure=self.bindings.forget_user,
+        )
         self.upstream: SipURI | None = None
         if settings.upstream:
             upstream = parse_uri(settings.upstream)
@@ -165,6 +164,7 @@ class SipNode:
 
     async def start(self) -> None:
         s = self.settings
+        await self.bindings.start()
         if "udp" in s.transports:
             await self.transport.listen_udp(s.host, s.udp_port)
         if "tcp" in s.transports:
@@ -196,6 +196,7 @@ class SipNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.driver.close()
         await self.transport.close()
+        await self.bindings.close()
         log.info("sip.stopped")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:

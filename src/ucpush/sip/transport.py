@@ -180,6 +180,8 @@ class _Stream(asyncio.Protocol):
             return
         self.closed = True
         self.owner.remove_stream(self)
+        if self.transport is not None and self.flow is not None:
+            self.owner.flow_lost(self.flow)
         loop = asyncio.get_running_loop()
         for _, on_error in self.pending:
             if on_error is not None:
@@ -209,6 +211,9 @@ class SipTransport:
         self._udp: _Datagram | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._streams: dict[Flow, _Stream] = {}
+        # Told when an established connection closes (the transaction layer fails the
+        # requests still waiting for an answer on it).
+        self.on_flow_lost: Callable[[Flow], None] | None = None
 
     # listening
 
@@ -276,6 +281,11 @@ class SipTransport:
     def remove_stream(self, stream: _Stream) -> None:
         if stream.flow is not None and self._streams.get(stream.flow) is stream:
             del self._streams[stream.flow]
+
+    def flow_lost(self, flow: Flow) -> None:
+        if self.on_flow_lost is not None:
+            # Not re-entrantly: the connection may close inside a send.
+            asyncio.get_running_loop().call_soon(self.on_flow_lost, flow)
 
     def has_flow(self, flow: Flow) -> bool:
         """Can we send on ``flow`` without opening anything (a live connection, or UDP)?"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ucpush.store.repository import Binding, NotFound, SipUser
 from ucpush.store.sql import SqlRepositoryBase, sip_bindings, sip_users
+
+# Bound parameters per DELETE ... IN (...): under SQLite's default limit of 32,766 and far
+# under PostgreSQL's 65,535.
+_IDS_PER_DELETE = 500
 
 
 def _binding_values(binding: Binding) -> dict[str, Any]:
@@ -29,6 +34,8 @@ def _binding(row: sa.Row[Any]) -> Binding:
 
 class SqlSipRepository(SqlRepositoryBase):
     """``SipRepository`` on one engine. Updating or removing a missing row raises ``NotFound``."""
+
+    _upsert_cached: Any = None
 
     # users
 
@@ -119,19 +126,32 @@ class SqlSipRepository(SqlRepositoryBase):
             for binding in upsert:
                 await self._upsert(conn, binding)
 
-    async def _upsert(self, conn: AsyncConnection, binding: Binding) -> None:
-        values = _binding_values(binding)
-        insert = (
-            postgresql.insert(sip_bindings)
-            if self._engine.dialect.name == "postgresql"
-            else sqlite.insert(sip_bindings)
-        ).values(values)
-        await conn.execute(
-            insert.on_conflict_do_update(
+    async def apply_bindings(self, upsert: Sequence[Binding], remove: Sequence[str]) -> None:
+        """Write a batch of binding changes in one transaction: insert or replace ``upsert``,
+        delete the ids in ``remove`` (missing ones are ignored). An id must not be in both.
+        The location cache's write-behind calls this with many AORs' changes at once."""
+        if not upsert and not remove:
+            return
+        async with self._begin() as conn:
+            for start in range(0, len(remove), _IDS_PER_DELETE):
+                chunk = list(remove[start : start + _IDS_PER_DELETE])
+                await conn.execute(sa.delete(sip_bindings).where(sip_bindings.c.id.in_(chunk)))
+            if upsert:
+                # One executemany for the whole batch.
+                await conn.execute(self._upsert_statement(), [_binding_values(b) for b in upsert])
+
+    def _upsert_statement(self) -> Any:
+        if self._upsert_cached is None:
+            dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+            insert = dialect.insert(sip_bindings)
+            self._upsert_cached = insert.on_conflict_do_update(
                 index_elements=[sip_bindings.c.id],
-                set_={k: insert.excluded[k] for k in values if k != "id"},
+                set_={c.name: insert.excluded[c.name] for c in sip_bindings.c if c.name != "id"},
             )
-        )
+        return self._upsert_cached
+
+    async def _upsert(self, conn: AsyncConnection, binding: Binding) -> None:
+        await conn.execute(self._upsert_statement(), _binding_values(binding))
 
     async def remove_expired(self, now: datetime) -> list[Binding]:
         """Delete every binding with ``expires_at <= now`` and return them."""

@@ -63,6 +63,8 @@ def test_key_fields_are_required_and_only_they_clear() -> None:
 
 
 def test_details_are_bounded() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        raise_alarm("StartFailed", severity="CRITICAL", event="x")
     with pytest.raises(ValueError, match="at most 16"):
         raise_alarm("StartFailed", **{f"k{i}": i for i in range(17)})
     with capture_logs() as logs:

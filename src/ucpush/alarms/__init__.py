@@ -39,6 +39,7 @@ __all__ = [
 _log = get_logger("ucpush.alarms")
 _MAX_DETAIL_CHARS = 256
 _MAX_DETAILS = 16
+_RESERVED = frozenset({"alarm", "severity", "event", "level", "timestamp", "logger"})
 
 Detail = str | int | float | bool | None
 
@@ -74,6 +75,9 @@ def remove_sink(sink: AlarmSink) -> None:
 def _clean(details: Mapping[str, Any]) -> dict[str, Detail]:
     if len(details) > _MAX_DETAILS:
         raise ValueError(f"at most {_MAX_DETAILS} details per alarm, got {len(details)}")
+    reserved = _RESERVED & set(details)
+    if reserved:
+        raise ValueError(f"alarm detail names reserved for the log line: {sorted(reserved)}")
     out: dict[str, Detail] = {}
     for name, value in details.items():
         if value is None or isinstance(value, bool | int | float):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ucpush import __version__
+from ucpush.admin.cli import admin_app, onboarding_app, service_app
 from ucpush.alarms.cli import app as alarms_app
 from ucpush.cli.common import settings_from
 from ucpush.relay.cli import app as relay_app
@@ -35,6 +36,9 @@ app.add_typer(sip_app, name="sip", help="SIP users and registered bindings.")
 app.add_typer(signin_app, name="signin", help="End users, devices and client configuration.")
 app.add_typer(db_app, name="db", help="Database schema.")
 app.add_typer(alarms_app, name="alarms")
+app.add_typer(onboarding_app, name="onboarding")
+app.add_typer(admin_app, name="admin")
+app.add_typer(service_app, name="service")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

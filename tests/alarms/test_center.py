@@ -3,6 +3,7 @@ restart, and the upload settings row, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -148,3 +149,11 @@ async def test_settings_row(node_store: Store) -> None:
     assert prefs.push_frequency_minutes == 45 and prefs.min_push_level == "Warning"
     assert prefs.push_requested_at == now and prefs.push_result_at == later
     assert prefs.push_error == "relay unreachable"
+
+
+async def test_alarm_from_a_worker_thread(center: AlarmCenter, node_store: Store) -> None:
+    await asyncio.to_thread(raise_alarm, "StartFailed", error="in a thread")
+    await asyncio.sleep(0)  # the loop takes the hand-over
+    await center.flush()
+    [record] = await node_store.alarms.list_alarms()
+    assert record.details == {"error": "in a thread"}

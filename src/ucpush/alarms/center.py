@@ -73,6 +73,7 @@ class AlarmCenter:
         self._last_failed = False
         self._served_request: datetime | None = None
         self._upload_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # life cycle
 
@@ -85,6 +86,7 @@ class AlarmCenter:
         # A pushnow made while this node was down is not replayed; the first scheduled
         # upload comes one poll after start.
         self._served_request = prefs.push_requested_at
+        self._loop = asyncio.get_running_loop()
         install_sink(self)
         self._tasks.append(asyncio.create_task(self._write_forever()))
         if self.uploader is not None:
@@ -117,6 +119,19 @@ class AlarmCenter:
     # events
 
     def submit(self, event: AlarmEvent) -> None:
+        if self._loop is not None and not self._on_loop_thread():
+            # Raised from a worker thread (asyncio.to_thread): hand over to the loop.
+            self._loop.call_soon_threadsafe(self._accept, event)
+            return
+        self._accept(event)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _accept(self, event: AlarmEvent) -> None:
         instance = (event.name, event.key)
         if event.raised:
             self._active[instance] = event.severity

@@ -245,3 +245,20 @@ async def test_upload_endpoint_refuses_bad_input(stack: Stack) -> None:
         again = await http.post("/v1/alarms", json={**good, "alarms": [sealed]}, headers=auth)
         assert again.json() == {"stored": 1}
     assert len(await stack.store.tenant_alarms.list_for_tenant(stack.tenant_id)) == 1
+
+
+async def test_many_alarms_go_in_batches_under_the_relay_body_limit(
+    stack: Stack, node_store: Store
+) -> None:
+    settings = AlarmSettings(node_name="node-a", upload_batch_bytes=4096)
+    async with await stack.enrolled_client() as client:
+        source = RelayTarget(lambda: client, "cluster-1", pii_support_token=PII_TOKEN)
+        async with AlarmCenter(node_store.alarms, settings, source=source) as center:
+            for i in range(120):
+                raise_alarm(INVALID_TOKEN, device_id=f"iphone-{i:03}", service="APNS", n=i)
+            result = await center.push_now()
+    assert result.ok and result.sent == 120
+    stored = await stack.store.tenant_alarms.list_for_tenant(stack.tenant_id)
+    assert len(stored) == 120
+    devices = {unseal(a.pii or "", PII_TOKEN)["device_id"] for a in stored}
+    assert devices == {f"iphone-{i:03}" for i in range(120)}

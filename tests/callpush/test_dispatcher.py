@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -359,8 +360,14 @@ class Devices:
     def __init__(self, *devices: Device) -> None:
         self.devices = list(devices)
 
-    async def list_devices(self, user_id: str | None = None) -> list[Device]:
-        return self.devices
+    async def find_devices(
+        self, instance_ids: Collection[str], tokens: Collection[str]
+    ) -> list[Device]:
+        return [
+            d
+            for d in self.devices
+            if d.sip_instance_id in instance_ids or {d.pn_prid, d.push_token} & set(tokens)
+        ]
 
 
 def store_device(**changes: Any) -> Device:

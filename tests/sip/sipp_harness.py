@@ -73,6 +73,59 @@ class Sipp:
             assert OOC_DONE in logs, f"sipp {self.name} never finished:\n{errors}"
 
 
+async def start_sipp(
+    base: Path,
+    scenario: str,
+    transport: str,
+    remote: str | None,
+    *,
+    port: int | None = None,
+    oocsf: str | None = None,
+    duration_ms: int = 0,
+    user: str = "bob",
+    keys: dict[str, str] | None = None,
+) -> Sipp:
+    """One SIPp run of ``scenario`` on ``transport`` (``u1``/``t1``) towards ``remote``
+    (host:port), or waiting for calls when ``remote`` is None; logs under ``base``."""
+    port = port or free_port()
+    cwd = base / f"{scenario.removesuffix('.xml')}-{port}"
+    cwd.mkdir()
+    args: list[str] = [remote] if remote is not None else []
+    args += [
+        "-sf", str(SCENARIOS / scenario),
+        "-t", transport,
+        "-i", "127.0.0.1",
+        "-p", str(port),
+        "-m", "1",
+        "-timeout", "20s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-trace_logs",
+        "-au", user,
+        "-ap", PASSWORD,
+        "-auth_uri", DOMAIN,
+        "-d", str(duration_ms),
+    ]  # fmt: skip
+    for name, value in {"user": user, "domain": DOMAIN, "contact_params": ""}.items():
+        args += ["-key", name, (keys or {}).get(name, value)]
+    for name, value in (keys or {}).items():
+        if name not in ("user", "domain", "contact_params"):
+            args += ["-key", name, value]
+    if oocsf is not None:
+        args += ["-oocsf", str(SCENARIOS / oocsf)]
+    assert SIPP is not None
+    process = await asyncio.create_subprocess_exec(
+        SIPP,
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return Sipp(process, oocsf or scenario, cwd, port, oocsf is not None)
+
+
 @dataclass
 class Harness:
     node: SipNode
@@ -94,46 +147,21 @@ class Harness:
     ) -> Sipp:
         """SIPp on ``transport`` (``u1``/``t1``) aimed at the node, or waiting for it
         (``server``, which needs ``port``)."""
-        port = port or free_port()
-        cwd = self.base / f"{scenario.removesuffix('.xml')}-{port}"
-        cwd.mkdir()
-        args: list[str] = []
+        remote = None
         if not server:
             host, node_port = self.node.transport.local["UDP" if transport == "u1" else "TCP"]
-            args.append(f"{host}:{node_port}")
-        args += [
-            "-sf", str(SCENARIOS / scenario),
-            "-t", transport,
-            "-i", "127.0.0.1",
-            "-p", str(port),
-            "-m", "1",
-            "-timeout", "20s",
-            "-timeout_error",
-            "-nostdin",
-            "-trace_err",
-            "-trace_logs",
-            "-au", user,
-            "-ap", PASSWORD,
-            "-auth_uri", DOMAIN,
-            "-d", str(duration_ms),
-        ]  # fmt: skip
-        for name, value in {"user": user, "domain": DOMAIN, "contact_params": ""}.items():
-            args += ["-key", name, (keys or {}).get(name, value)]
-        for name, value in (keys or {}).items():
-            if name not in ("user", "domain", "contact_params"):
-                args += ["-key", name, value]
-        if oocsf is not None:
-            args += ["-oocsf", str(SCENARIOS / oocsf)]
-        assert SIPP is not None
-        process = await asyncio.create_subprocess_exec(
-            SIPP,
-            *args,
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            remote = f"{host}:{node_port}"
+        proc = await start_sipp(
+            self.base,
+            scenario,
+            transport,
+            remote,
+            port=port,
+            oocsf=oocsf,
+            duration_ms=duration_ms,
+            user=user,
+            keys=keys,
         )
-        proc = Sipp(process, oocsf or scenario, cwd, port, oocsf is not None)
         self.procs.append(proc)
         return proc
 

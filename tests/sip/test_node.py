@@ -19,6 +19,7 @@ from tests.sip.sipp_harness import free_port
 from ucpush.config import SipSettings
 from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
+from ucpush.sip.proxy import CallControl, HeldCall
 from ucpush.sip.registrar import BindingAdded, BindingEvent, BindingRemoved
 from ucpush.sip.resolve import Flow, format_host
 from ucpush.sip.server import SipNode
@@ -37,17 +38,24 @@ class Peer:
 
     def __init__(self, client_ssl: ssl.SSLContext | None = None) -> None:
         self.inbox: asyncio.Queue[tuple[SipRequest | SipResponse, Flow]] = asyncio.Queue()
+        self.requests: list[tuple[SipRequest | SipResponse, Flow]] = []
         self.transport = SipTransport(
             lambda m, f: self.inbox.put_nowait((m, f)), client_ssl=client_ssl
         )
 
     async def next(self) -> tuple[SipRequest | SipResponse, Flow]:
+        if self.requests:
+            return self.requests.pop(0)
         return await asyncio.wait_for(self.inbox.get(), 5)
 
     async def response(self, *skip: int) -> SipResponse:
+        """The next response not in ``skip``; requests arriving meanwhile are kept for
+        ``next`` (a woken device gets its INVITE before its REGISTER's 2xx)."""
         while True:
-            message, _ = await self.next()
-            if isinstance(message, SipResponse) and message.status not in skip:
+            message, flow = await asyncio.wait_for(self.inbox.get(), 5)
+            if isinstance(message, SipRequest):
+                self.requests.append((message, flow))
+            elif message.status not in skip:
                 return message
 
     def request(
@@ -210,31 +218,54 @@ async def test_ipv6_call(store, tmp_path, ca):
 
 
 class RecordingPush:
-    """Records the hook's calls; with ``wake``, holds the call until the AOR registers again
-    and returns that binding (what call push does after the push went out)."""
+    """A ``PushHandler`` that records what the proxy tells it; with ``wake``, it holds the
+    INVITE until the AOR registers again and forwards it there (what call push does after
+    the push went out), else it gives up at once (480)."""
 
     def __init__(self, *, wake: bool = False) -> None:
         self.wake = wake
-        self.calls: list[tuple[str, list[Binding]]] = []
+        self.calls: list[tuple[str, list[tuple[Binding, bool]]]] = []
         self.events: list[BindingEvent] = []
-        self._woken: dict[str, asyncio.Future[Binding]] = {}
+        self.told: list[tuple[str, object]] = []
+        self._held: dict[str, CallControl] = {}
         self.held = asyncio.Event()
 
-    async def on_unreachable(
-        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
-    ) -> Sequence[Binding]:
+    async def prepare_call(
+        self, request: SipRequest, aor: str, bindings: Sequence[tuple[Binding, bool]]
+    ) -> HeldCall:
         self.calls.append((aor, list(bindings)))
-        if not self.wake:
-            return []
-        woken = self._woken[aor] = asyncio.get_running_loop().create_future()
-        self.held.set()
-        return [await asyncio.wait_for(woken, 5)]
+        return RecordingCall(self, aor)
 
     def on_binding_event(self, event: BindingEvent) -> None:
         self.events.append(event)
-        woken = self._woken.pop(event.binding.aor, None)
-        if woken is not None and not isinstance(event, BindingRemoved):
-            woken.set_result(event.binding)
+        control = self._held.pop(event.binding.aor, None)
+        if control is not None and not isinstance(event, BindingRemoved):
+            control.forward(event.binding)
+
+
+class RecordingCall:
+    def __init__(self, push: RecordingPush, aor: str) -> None:
+        self.push, self.aor = push, aor
+
+    def start(self, control: CallControl, live_branches: bool) -> None:
+        self.push.told.append(("start", live_branches))
+        if not self.push.wake:
+            control.respond(480, "Temporarily Unavailable")
+            return
+        self.push._held[self.aor] = control
+        self.push.held.set()
+
+    def ringing(self, binding_id: str | None) -> None:
+        self.push.told.append(("ringing", binding_id))
+
+    def branch_failed(self, binding_id: str, status: int) -> None:
+        self.push.told.append(("branch_failed", status))
+
+    def final(self, status: int, binding_id: str | None) -> None:
+        self.push.told.append(("final", status))
+
+    def cancelled(self, reason: str | None) -> None:
+        self.push.told.append(("cancelled", reason))
 
 
 async def test_push_only_bindings_go_to_the_push_handler(store, tmp_path, ca):
@@ -253,7 +284,10 @@ async def test_push_only_bindings_go_to_the_push_handler(store, tmp_path, ca):
         assert (await caller.response(100)).status == 480
         ((aor, bindings),) = push.calls
         assert aor == f"sip:bob@{DOMAIN}"
-        assert [(b.pn_provider, b.pn_prid) for b in bindings] == [("fcm", "tok1")]
+        assert [(b.pn_provider, b.pn_prid, live) for b, live in bindings] == [
+            ("fcm", "tok1", False)
+        ]
+        assert push.told == [("start", False), ("final", 480)]
     finally:
         await caller.transport.close()
         await node.close()
@@ -281,8 +315,15 @@ async def test_push_handler_holds_the_call_until_the_device_registers_again(stor
         await register(device, node, "TCP", pn)
         forwarded, flow = await device.next()
         assert isinstance(forwarded, SipRequest) and forwarded.method == "INVITE"
+        device.transport.send(make_response(forwarded, 180, to_tag="woken"), flow)
+        assert (await caller.response()).status == 180
         device.transport.send(make_response(forwarded, 200, to_tag="woken"), flow)
         assert (await caller.response()).status == 200
+        assert push.told == [
+            ("start", False),
+            ("ringing", push.events[-1].binding.id),
+            ("final", 200),
+        ]
     finally:
         for t in (device.transport, caller.transport):
             await t.close()
@@ -297,6 +338,7 @@ async def test_bindings_all_unreachable_is_480(store, tmp_path, ca):
     try:
         await register(device, node, "TCP")
         await device.transport.close()  # nobody listens on the contact any more
+        await asyncio.sleep(0.05)  # the node notices its flow closed
         invite = caller.request("MESSAGE", f"sip:bob@{DOMAIN}", "UDP")
         caller.transport.send(invite, _node_flow(node, "UDP"))
         assert (await caller.response()).status == 480
@@ -407,7 +449,7 @@ async def test_gateway_keeps_bindings_as_the_pbx_grants_them_and_pushes(store, t
         pbx.transport.send(invite, _node_flow(node, "UDP"))
         assert (await pbx.response(100)).status == 480
         ((pushed_aor, pushed),) = push.calls
-        assert pushed_aor == aor and [b.id for b in pushed] == [binding.id]
+        assert pushed_aor == aor and [(b.id, live) for b, live in pushed] == [(binding.id, False)]
     finally:
         await pbx.transport.close()
         await node.close()

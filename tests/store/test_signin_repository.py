@@ -254,3 +254,17 @@ async def test_devices_list_state_delete(signin: SqlSigninRepository) -> None:
         await signin.delete_device("dev-1")
     with pytest.raises(NotFound):
         await signin.get_device("dev-1")
+
+
+async def test_find_devices_by_instance_pn_prid_or_token(signin: SqlSigninRepository) -> None:
+    await signin.add_user(user())
+    await signin.put_device(device(1))
+    await signin.put_device(device(2, push_token="tok-2", pn_prid=""))
+    await signin.put_device(device(3, push_token="tok-3", pn_prid="prid-3"))
+    await signin.put_device(device(4, push_token="tok-4", pn_prid="prid-4"))
+    found = await signin.find_devices(
+        {device(1).sip_instance_id, ""}, {"tok-2", "prid-3", "unknown", ""}
+    )
+    assert [d.id for d in found] == ["dev-1", "dev-2", "dev-3"]
+    assert await signin.find_devices(set(), set()) == []
+    assert await signin.find_devices({""}, {""}) == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -424,24 +424,28 @@ def _binding_target(binding: Binding) -> PushTarget:
     return PushTarget(binding.id, platform, service, binding.pn_prid)
 
 
-class DeviceList(Protocol):
+class DeviceFinder(Protocol):
     """The part of ``SigninRepository`` the directory reads."""
 
-    async def list_devices(self, user_id: str | None = None) -> list[Device]: ...
+    async def find_devices(
+        self, instance_ids: Collection[str], tokens: Collection[str]
+    ) -> list[Device]: ...
 
 
 class SigninDirectory:
     """Pairs push bindings with sign-in devices (by ``+sip.instance``, then pn-prid / push
-    token); a binding without a device is pushed from its own pn-* parameters, PII-free.
-    It reads every device per call: fine for now, an index by instance/token is due."""
+    token, one indexed query per call); a binding without a device is pushed from its own pn-*
+    parameters, PII-free."""
 
-    def __init__(self, repo: DeviceList) -> None:
+    def __init__(self, repo: DeviceFinder) -> None:
         self._repo = repo
 
     async def call_devices(
         self, bindings: Sequence[Binding]
     ) -> list[tuple[CallDevice, PushTarget]]:
-        known = await self._repo.list_devices()
+        known = await self._repo.find_devices(
+            {b.instance_id for b in bindings}, {b.pn_prid for b in bindings}
+        )
         out: list[tuple[CallDevice, PushTarget]] = []
         for binding in bindings:
             device = next(

@@ -71,7 +71,9 @@ class DeviceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     platform: Platform
     service: Service
-    push_token: str = Field(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")
+    # Real tokens are far shorter (APNs 64 hex digits, FCM ~160 characters); the bound
+    # keeps them indexable (PostgreSQL btree entries stop near 2.7 kB).
+    push_token: str = Field(min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")
     push_key: str = Field(description="256-bit AES key, base64 (standard or URL-safe)")
     push_key_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
     capabilities: Capabilities = Capabilities()

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import ssl
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ucpush.sip.proxy import (
     Cancel,
     ForkContext,
     Forward,
+    HeldCall,
     LocationService,
     ProxyAction,
     ProxyConfig,
@@ -52,7 +54,7 @@ from ucpush.sip.registrar import (
     canonical_aor,
     push_params_match,
 )
-from ucpush.sip.resolve import Flow, Hop, next_hop, numeric_flow, resolve
+from ucpush.sip.resolve import Flow, Hop, format_host, next_hop, numeric_flow, resolve
 from ucpush.sip.transaction import (
     ClientTransaction,
     ServerInviteTransaction,
@@ -159,6 +161,7 @@ class SipNode:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled: set[int] = set()  # server txs CANCELled while a lookup was pending
         self._gateway_registers: dict[int, SipRequest] = {}  # id(context) -> REGISTER as received
+        self._held_calls: dict[int, HeldCall] = {}  # id(context) -> its call push
 
     # life cycle
 
@@ -251,13 +254,29 @@ class SipNode:
         ctx, server, branch = entry
         if response.status >= 200 and not (200 <= response.status < 300 and ctx.invite):
             self._branches.pop(id(tx), None)
+        call = self._held_calls.get(id(ctx))
+        if call is not None:
+            if response.status in (180, 183):
+                call.ringing(ctx.binding_of(branch))
+            elif response.status >= 300 and (binding := ctx.binding_of(branch)) is not None:
+                call.branch_failed(binding, response.status)
         self._run(ctx, server, ctx.on_response(branch, response))
 
     def on_client_failure(self, tx: ClientTransaction, status: int) -> None:
         entry = self._branches.pop(id(tx), None)
         if entry is not None:
             ctx, server, branch = entry
-            self._run(ctx, server, ctx.on_failure(branch, status))
+            self._branch_failed(ctx, server, branch, status)
+
+    def _branch_failed(
+        self, ctx: ForkContext, tx: ServerTransaction, branch: str, status: int
+    ) -> None:
+        """No response from the branch: timeout (408) or it could not be sent (503)."""
+        call = self._held_calls.get(id(ctx))
+        binding = ctx.binding_of(branch)
+        if call is not None and binding is not None and ctx.branches[branch].final is None:
+            call.branch_failed(binding, status)
+        self._run(ctx, tx, ctx.on_failure(branch, status))
 
     # routing (RFC 3261 §16.4-16.5)
 
@@ -334,19 +353,6 @@ class SipNode:
         q = 1.0 if binding.q is None else binding.q
         return Target(uri, q, flow, binding.path)
 
-    async def _targets(
-        self, request: SipRequest, aor: str, bindings: Sequence[Binding]
-    ) -> list[Target] | None:
-        """Targets of ``bindings``, asking the push handler for push-only ones; None when
-        none is reachable."""
-        reachable = {b.id: self._target(b) for b in bindings}
-        targets = [t for t in reachable.values() if t is not None]
-        push_only = [b for b in bindings if reachable[b.id] is None and b.push_enabled]
-        if not targets and push_only and self.push is not None:
-            woken = await self.push.on_unreachable(request, aor, push_only)
-            targets = [t for b in woken if (t := self._target(b)) is not None]
-        return targets or None
-
     async def _locate(self, request: SipRequest, tx: ServerTransaction, flow: Flow) -> None:
         aor = canonical_aor(request.uri)
         bindings = await self.locations.lookup(aor)
@@ -389,14 +395,25 @@ class SipNode:
         aor: str,
         bindings: Sequence[Binding],
     ) -> None:
-        """Fork to the bindings' targets; 480 when none is reachable (not even by push)."""
-        targets = await self._targets(request, aor, bindings)
+        """Fork to the bindings' targets; an INVITE to push bindings is handed to call push,
+        which holds it while no live branch exists; 480 when nothing can reach the AOR."""
+        pairs = [(b, self._target(b)) for b in bindings]
+        targets = [replace(t, binding_id=b.id) for b, t in pairs if t is not None]
+        call: HeldCall | None = None
+        if request.method == "INVITE" and self.push is not None:
+            push = [(b, t is not None) for b, t in pairs if b.push_enabled]
+            if push:
+                call = await self.push.prepare_call(request, aor, push)
         if self._was_cancelled(tx):
             return
-        if targets is None:
+        if call is None and not targets:
             self._reply(tx, request, 480)
             return
-        self._fork(request, tx, flow, targets)
+        ctx = self._fork(request, tx, flow, targets, held=call is not None and not targets)
+        if call is None or ctx is None or ctx.final_sent:
+            return
+        self._held_calls[id(ctx)] = call
+        call.start(_ProxiedCall(self, ctx, tx), live_branches=bool(targets))
 
     def _was_cancelled(self, tx: ServerTransaction) -> bool:
         """True (once) if the caller CANCELled while we were looking targets up."""
@@ -474,12 +491,18 @@ class SipNode:
     # proxying
 
     def _fork(
-        self, request: SipRequest, tx: ServerTransaction, flow: Flow, targets: list[Target]
+        self,
+        request: SipRequest,
+        tx: ServerTransaction,
+        flow: Flow,
+        targets: list[Target],
+        *,
+        held: bool = False,
     ) -> ForkContext | None:
         assert self.core is not None
         if self._was_cancelled(tx) or tx.terminated:
             return None
-        ctx = ForkContext(self.core, request, flow, targets)
+        ctx = ForkContext(self.core, request, flow, targets, held=held)
         self._contexts[id(tx)] = ctx
         log.debug(
             "sip.proxy.fork",
@@ -529,9 +552,12 @@ class SipNode:
             return  # it answered in time
         self._branches.pop(id(client), None)
         self.driver.abandon(client)
-        self._run(ctx, tx, ctx.on_failure(branch, 408))
+        self._branch_failed(ctx, tx, branch, 408)
 
     def _respond(self, ctx: ForkContext, tx: ServerTransaction, response: SipResponse) -> None:
+        call = self._held_calls.get(id(ctx))
+        if call is not None and response.status >= 200:
+            call.final(response.status, ctx.binding_of(ctx.decided_by))
         request = self._gateway_registers.pop(id(ctx), None)
         if request is not None and 200 <= response.status < 300:
             flow = self.driver.flow_of(tx)
@@ -542,6 +568,7 @@ class SipNode:
     def _forget(self, ctx: ForkContext, tx: ServerTransaction) -> None:
         if self._contexts.get(id(tx)) is ctx:
             del self._contexts[id(tx)]
+        self._held_calls.pop(id(ctx), None)
         handle = self._expiry.pop(id(tx), None)
         if handle is not None:
             handle.cancel()
@@ -569,7 +596,7 @@ class SipNode:
         except OSError:
             flows = []
         if not flows:
-            self._run(ctx, tx, ctx.on_failure(action.branch, 503))
+            self._branch_failed(ctx, tx, action.branch, 503)
             return
         self._start_branch(ctx, tx, action, flows[0])
 
@@ -593,6 +620,10 @@ class SipNode:
         self.driver.respond(tx, make_response(cancel, 200, to_tag=new_tag()))
         ctx = self._contexts.get(id(invite))
         if ctx is not None:
+            call = self._held_calls.get(id(ctx))
+            if call is not None:
+                # Before the fork answers 487: the Reason says how the call ended (RFC 3326).
+                call.cancelled(cancel.headers.get("Reason"))
             self._run(ctx, invite, ctx.cancel())
         elif isinstance(invite, ServerInviteTransaction) and invite.state is State.PROCEEDING:
             # Still looking the targets up (or waiting for a push): answer for them.
@@ -631,6 +662,41 @@ class SipNode:
         if out is None:
             return
         self.driver.send_stateless(out, via_flow(out.top_via))
+
+
+class _ProxiedCall:
+    """The proxy's ``CallControl`` for one INVITE held for call push."""
+
+    def __init__(self, node: SipNode, ctx: ForkContext, tx: ServerTransaction) -> None:
+        self._node, self._ctx, self._tx = node, ctx, tx
+
+    def provisional(self, status: int, reason: str) -> None:
+        self._node._run(self._ctx, self._tx, self._ctx.provisional(status, reason))
+
+    def respond(self, status: int, reason: str) -> None:
+        self._node._run(self._ctx, self._tx, self._ctx.respond(status, reason))
+
+    def forward(self, binding: Binding) -> None:
+        ctx = self._ctx
+        target = self._node._target(binding)
+        if target is None:
+            # Its connection is gone again: nothing to fork to; the call goes on as it was.
+            log.info(
+                "sip.push.forward_unreachable", binding=binding.id, call_id=ctx.request.call_id
+            )
+            return
+        actions = ctx.add_target(replace(target, binding_id=binding.id))
+        self._node._run(ctx, self._tx, [*actions, *ctx.release()])
+
+    def extend(self, number: str) -> None:
+        node, ctx = self._node, self._ctx
+        if node.upstream is None:
+            log.warning("sip.push.no_mobility_route", call_id=ctx.request.call_id)
+            self.respond(480, "Temporarily Unavailable")
+            return
+        uri = parse_uri(f"sip:{number}@{format_host(node.upstream.host)}")
+        actions = ctx.add_target(Target(uri, routes=(node._upstream_route(),)))
+        node._run(ctx, self._tx, [*actions, *ctx.release()])
 
 
 def load_digest_secret(data_dir: Path) -> bytes:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -392,6 +393,12 @@ class SigninRepository(Protocol):
     async def put_device(self, device: Device) -> None: ...  # insert or replace by id
     async def get_device(self, device_id: str) -> Device: ...  # NotFound
     async def list_devices(self, user_id: str | None = None) -> list[Device]: ...
+    async def find_devices(
+        self, instance_ids: Collection[str], tokens: Collection[str]
+    ) -> list[Device]:
+        """By SIP instance id, or by a pn-prid or push token in ``tokens``."""
+        ...
+
     async def set_push_state(self, device_id: str, state: PushState, now: datetime) -> None:
         """NotFound if missing; SIGNED_OUT also stamps ``signed_out_at``."""
         ...

@@ -7,6 +7,7 @@ The tables are declared here, on ``sql.metadata``, so the migration test compare
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -91,7 +92,7 @@ devices = sa.Table(
     sa.Column("user_id", sa.String(64), sa.ForeignKey("end_users.id"), nullable=False, index=True),
     sa.Column("platform", sa.String(16), nullable=False),
     sa.Column("service", sa.String(32), nullable=False),
-    sa.Column("push_token", sa.String(4096), nullable=False),
+    sa.Column("push_token", sa.String(4096), nullable=False, index=True),
     sa.Column("push_key", sa.LargeBinary(), nullable=False),
     sa.Column("push_key_id", sa.String(64), nullable=False),
     sa.Column("previous_push_key", sa.LargeBinary(), nullable=False),
@@ -342,6 +343,23 @@ class SqlSigninRepository(SqlRepositoryBase):
         if user_id is not None:
             query = query.where(devices.c.user_id == user_id)
         return [_device(r) for r in await self._all(query)]
+
+    async def find_devices(
+        self, instance_ids: Collection[str], tokens: Collection[str]
+    ) -> list[Device]:
+        """Devices whose SIP instance id is in ``instance_ids`` or whose pn-prid or push token
+        is in ``tokens`` (indexed: a call looks its callee's devices up this way)."""
+        instance_ids, tokens = set(instance_ids) - {""}, set(tokens) - {""}
+        if not instance_ids and not tokens:
+            return []
+        query = devices.select().where(
+            sa.or_(
+                devices.c.sip_instance_id.in_(instance_ids),
+                devices.c.pn_prid.in_(tokens),
+                devices.c.push_token.in_(tokens),
+            )
+        )
+        return [_device(r) for r in await self._all(query.order_by(devices.c.created_at))]
 
     async def set_push_state(self, device_id: str, state: PushState, now: datetime) -> None:
         """NotFound if missing; SIGNED_OUT also stamps ``signed_out_at``."""

@@ -508,7 +508,7 @@ async def test_ucpush_serve_runs_and_stops(tmp_path):
         f'[sip]\ndomains = ["{DOMAIN}"]\nudp_port = {port}\ntcp_port = {port}\n'
         'transports = ["udp", "tcp"]\n'
         # The node's HTTP API and local push listen too: any free port.
-        "[signin]\nport = 0\n[lpns]\nport = 0\n"
+        "[signin]\nport = 0\n[lpns]\nport = 0\n[admin]\nport = 0\n"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -201,7 +201,8 @@ def _start_stack(
         f'data_dir = "{base / "node"}"\n'
         f'[sip]\ntransports = ["udp", "tcp"]\nudp_port = {udp}\ntcp_port = {tcp}\n'
         f'domains = ["{DOMAIN}"]\ndigest_algorithms = ["MD5"]\n{sip_toml}'
-        f"[signin]\nport = {api_port}\n[lpns]\nport = {lpns_port}\n{node_toml}",
+        f"[signin]\nport = {api_port}\n[lpns]\nport = {lpns_port}\n[admin]\nport = 0\n"
+        f"{node_toml}",
     )
     asyncio.run(_node_state(node_config, voucher, relay_url, users))
     procs.append(_start(node_config, "serve", log=base / "node.log"))

@@ -37,6 +37,7 @@ def up(tmp_path: Path):
         "UCPUSH_SIP__TCP_PORT": "0",
         "UCPUSH_SIGNIN__PORT": "0",
         "UCPUSH_LPNS__PORT": "0",
+        "UCPUSH_ADMIN__PORT": "0",
         "COLUMNS": "200",
     }
     proc = subprocess.Popen(
@@ -58,8 +59,17 @@ def up(tmp_path: Path):
         if "Ctrl-C stops" in line:
             break
     text = "".join(lines)
-    assert "ucpush is up" in text, text + (proc.stderr.read() if proc.poll() is not None else "")
-    urls = dict(re.findall(r"│ (relay|sim apns|sign-in API|SIP UDP|local push)\s+│ (\S+)", text))
+    if "ucpush is up" not in text:
+        proc.kill()
+        proc.wait(10)
+        pytest.fail(f"ucpush up did not start:\n{text}\n{proc.stderr.read()[-5000:]}")
+    urls = dict(
+        re.findall(
+            r"│ (relay|sim apns|sign-in API|SIP UDP|local push|admin page|admin credentials"
+            r"|onboarding)\s+│ (.+?)\s+│",
+            text,
+        )
+    )
     yield env, urls
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -125,3 +135,23 @@ async def test_up_runs_the_call_node(up):
         unauthenticated = await api.get(f"{urls['sign-in API']}/v1/config")
     assert unauthenticated.status_code == 401
     assert urls["local push"].startswith("ws://127.0.0.1:")
+
+
+async def test_up_onboards_its_node_and_serves_the_admin_page(up):
+    env, urls = up
+    assert urls["onboarding"].startswith("Onboarding Completed"), urls
+    credentials = await asyncio.to_thread(Path(urls["admin credentials"]).read_text)
+    username, password = credentials.split()
+    admin = urls["admin page"].removesuffix("/onboarding")
+    async with httpx.AsyncClient(
+        base_url=admin, auth=httpx.BasicAuth(username, password), timeout=30
+    ) as api:
+        state = (await api.get("/api/v1/onboarding")).json()
+        assert state["status"] == "completed" and state["push_enabled"]
+        assert state["relay_url"] == urls["relay"]
+        # Generate Voucher works here: the relay runs beside the node.
+        voucher = (await api.post("/api/v1/onboarding/voucher")).json()["voucher"]
+        assert re.fullmatch(r"[A-Z2-7]{4}(-[A-Z2-7]{4}){5}", voucher)
+    # The node's relay client works: the CLI fetches an access token with its refresh token.
+    refreshed = await cli(env, "onboarding", "refresh")
+    assert "Onboarding Completed" in refreshed

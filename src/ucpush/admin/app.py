@@ -93,9 +93,12 @@ async def run_admin(
     settings: Settings,
     store: Store,
     signin: SigninService,
+    *,
+    cloud: CloudConnection | None = None,
     voucher_issuer: VoucherIssuer | None = None,
 ) -> AsyncIterator[RunningAdmin]:
-    """Open the cloud connection and serve the admin app on ``admin.host:admin.port``.
+    """Serve the admin app on ``admin.host:admin.port`` over the node's ``cloud`` connection
+    (opened here, and closed after, when not given).
 
     With no admin user yet, ``admin`` is created with a random password written to
     ``<data_dir>/admin-initial-password``.
@@ -109,7 +112,9 @@ async def run_admin(
     initial = await auth.ensure_initial_user(settings.data_dir)
     if initial is not None:
         log.warning("admin_user_created", username="admin", password_file=str(initial))
-    async with await CloudConnection.open(settings, store) as cloud:
+    async with contextlib.AsyncExitStack() as owned:
+        if cloud is None:
+            cloud = await owned.enter_async_context(await CloudConnection.open(settings, store))
         ctx = AdminContext(
             auth=auth,
             cloud=cloud,
@@ -130,6 +135,10 @@ async def run_admin(
             tls_key=admin.tls_key,
         ) as server:
             scheme = "https" if admin.tls_cert else "http"
-            url = f"{scheme}://{admin.host}:{aio.bound_port(server)}"
+            # A SIGTERM during start-up makes uvicorn close its sockets at once; the node is
+            # stopping then, and the configured port is all there is to report.
+            listening = server.servers and server.servers[0].sockets
+            port = aio.bound_port(server) if listening else admin.port
+            url = f"{scheme}://{admin.host}:{port}"
             log.info("admin_started", url=url, cluster_id=cloud.cluster_id)
             yield RunningAdmin(cloud, ctx, url, initial)

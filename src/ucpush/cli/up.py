@@ -2,8 +2,10 @@
 
 SQLite in ``data_dir``, the APNs/FCM simulators standing in for Apple and Google, the relay
 configured with a ``local`` tenant whose apps point at the simulators, and the call node (SIP,
-client sign-in API, local push). Credentials for the simulators are generated on first start
-and kept in ``data_dir/sim-credentials``.
+client sign-in API, local push, admin page) onboarded to that relay with a voucher it issues
+itself, so pushes work end to end at once. Credentials for the simulators are generated on first
+start and kept in ``data_dir/sim-credentials``; the first admin's in
+``data_dir/admin-initial-password``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import asyncio
 import contextlib
 import json
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from ucpush import aio
+from ucpush.admin.auth import INITIAL_PASSWORD_FILE
+from ucpush.cloud import CloudError, CloudStatus, OnboardingStatus
 from ucpush.config import Settings
 from ucpush.crypto.secretfile import write_secret
 from ucpush.logging import configure_logging
-from ucpush.node import run_node
+from ucpush.node import RunningNode, run_node
 from ucpush.relay.onboarding import ensure_tenant
-from ucpush.relay.server import run_relay
+from ucpush.relay.server import RunningRelay, run_relay
 from ucpush.sim.cli import CA_FILE_NAME, RunningSimulators, run_simulators
 from ucpush.sim.credentials import make_apns_key, make_service_account
 from ucpush.store import open_store
@@ -33,6 +38,8 @@ LOCAL_TENANT = "local"
 TEAM_ID, KEY_ID = "UCPUSHTEAM", "UCPUSHKEY1"
 BUNDLE = "org.ucpush.softphone"
 FCM_PROJECT = "ucpush-local"
+# Vouchers ``ucpush up`` issues to its own node are redeemed at once.
+_LOCAL_VOUCHER_TTL = timedelta(minutes=10)
 
 
 def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path, Path]:
@@ -54,6 +61,28 @@ def _sim_credentials(settings: Settings, sims: RunningSimulators) -> tuple[Path,
         account["client_email"], FCM_PROJECT, account_public, account["private_key_id"]
     )
     return p8, sa_file
+
+
+async def _onboard_locally(node: RunningNode, relay: RunningRelay) -> CloudStatus:
+    """Onboard the node to the relay beside it, unless it already is (and the relay still
+    takes its refresh token). The admin page's Generate Voucher issues local vouchers too."""
+
+    async def issue() -> str:
+        return (
+            await relay.service.onboarding.create_voucher(LOCAL_TENANT, _LOCAL_VOUCHER_TTL)
+        ).code
+
+    if node.admin is not None:
+        node.admin.context.voucher_issuer = issue
+    cloud = node.cloud
+    if cloud.account_id:
+        if cloud.relay_url == relay.url:
+            status = await cloud.verify()
+            if status.status is OnboardingStatus.COMPLETED:
+                return status
+        # Onboarded to another relay (its port changed) or no longer accepted: start over.
+        await cloud.offboard(force=True)
+    return await cloud.enroll(await issue(), relay.url)
 
 
 async def _up(settings: Settings, console: Console) -> None:
@@ -86,6 +115,10 @@ async def _up(settings: Settings, console: Console) -> None:
                 )
             await store.relay.put_app(ProviderApp(tenant.id, "FCM", FCM_PROJECT, str(sa_file)))
             async with run_relay(wired, store) as relay, run_node(wired, store) as node:
+                try:
+                    onboarding = (await _onboard_locally(node, relay)).label
+                except CloudError as exc:
+                    onboarding = f"not onboarded ({exc.detail}): use the admin page"
                 table = Table("component", "address", title="ucpush is up", show_lines=False)
                 table.add_row("relay", relay.url)
                 table.add_row("relay API docs", f"{relay.url}/docs")
@@ -93,14 +126,21 @@ async def _up(settings: Settings, console: Console) -> None:
                     table.add_row(f"SIP {transport}", f"{host}:{port}")
                 table.add_row("sign-in API", node.api_url)
                 table.add_row("local push", node.lpns.url)
+                if node.admin is not None and node.admin.url:
+                    table.add_row("admin page", f"{node.admin.url}/onboarding")
+                    table.add_row("admin API docs", f"{node.admin.url}/docs")
+                    credentials = settings.data_dir / INITIAL_PASSWORD_FILE
+                    if credentials.exists():
+                        table.add_row("admin credentials", str(credentials))
                 for name, url in sims.urls.items():
                     table.add_row(f"sim {name}", url)
                 table.add_row("database", settings.store_url)
+                table.add_row("onboarding", f"{onboarding} (cluster {node.cloud.cluster_id})")
                 console.print(table)
                 console.print(
                     f"Tenant [bold]{LOCAL_TENANT}[/] has APNS, APNS:dev and FCM apps on the "
-                    "simulators.\nOnboard a cluster: [bold]ucpush relay voucher create "
-                    f"--tenant {LOCAL_TENANT}[/]. Ctrl-C stops."
+                    "simulators; this node pushes through it.\nOnboard another cluster: "
+                    f"[bold]ucpush relay voucher create --tenant {LOCAL_TENANT}[/]. Ctrl-C stops."
                 )
                 await stop.wait()
     finally:

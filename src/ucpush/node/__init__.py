@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ucpush import aio
+from ucpush.admin.app import RunningAdmin, run_admin
+from ucpush.alarms import clear_alarm, raise_alarm
+from ucpush.alarms.center import AlarmCenter
 from ucpush.callpush.dispatcher import CallPushHandler, PushDispatcher, SigninDirectory
 from ucpush.callpush.engine import CallPushConfig
 from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
@@ -17,6 +20,7 @@ from ucpush.cloud.connection import CloudConnection
 from ucpush.config import Settings
 from ucpush.logging import configure_logging, get_logger
 from ucpush.lpns.service import LpnsService
+from ucpush.metrics import metrics_router
 from ucpush.signin.api import create_app
 from ucpush.signin.service import SigninService
 from ucpush.sip.server import SipNode, client_ssl_context, load_digest_secret
@@ -33,6 +37,7 @@ class RunningNode:
     cloud: CloudConnection
     calls: CallPushHandler
     api_url: str
+    admin: RunningAdmin | None = None  # the admin page and API ([admin]), on its own port
 
 
 def active_node_uri(settings: Settings) -> str:
@@ -78,40 +83,40 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
     signin = SigninService.from_settings(settings, store.signin)
     lpns = LpnsService.from_settings(settings.lpns, authorizer=signin)
     signin.sessions = lpns  # sign-out and deletions close live local push sessions
-    cloud = await CloudConnection.open(settings, store)
-    calls = call_push_handler(settings, store, cloud, lpns)
-    sip = SipNode(
-        settings.sip,
-        store.sip,
-        digest_secret=load_digest_secret(settings.data_dir),
-        client_ssl=client_ssl_context(settings.sip),
-        push=calls,
-    )
     api = settings.signin
-    try:
-        await sip.start()
-    except BaseException:
-        await cloud.aclose()
-        raise
-    try:
-        async with (
-            cloud,
-            lpns,
-            aio.serve_http(
-                create_app(signin, max_body_bytes=api.max_body_bytes),
-                host=api.host,
-                port=api.port,
-                tls_cert=api.tls_cert,
-                tls_key=api.tls_key,
-            ) as http,
-        ):
-            scheme = "https" if api.tls_cert else "http"
-            url = f"{scheme}://{api.host}:{aio.bound_port(http)}"
-            log.info("node_started", api=url, sip_mode=settings.sip.mode)
-            log.info("cloud", cluster_id=cloud.cluster_id, status=cloud.status.label)
-            yield RunningNode(sip, signin, lpns, cloud, calls, url)
-    finally:
-        await sip.close()
+    async with contextlib.AsyncExitStack() as stack:
+        cloud = await stack.enter_async_context(await CloudConnection.open(settings, store))
+        # Before anything else starts, so alarms raised while starting are stored.
+        await stack.enter_async_context(AlarmCenter(store.alarms, settings.alarms, source=cloud))
+        calls = call_push_handler(settings, store, cloud, lpns)
+        sip = SipNode(
+            settings.sip,
+            store.sip,
+            digest_secret=load_digest_secret(settings.data_dir),
+            client_ssl=client_ssl_context(settings.sip),
+            push=calls,
+        )
+        app = create_app(signin, max_body_bytes=api.max_body_bytes)
+        app.include_router(metrics_router())
+        try:
+            stack.push_async_callback(sip.close)
+            await sip.start()
+            await stack.enter_async_context(lpns)
+            http = await stack.enter_async_context(
+                aio.serve_http(
+                    app, host=api.host, port=api.port, tls_cert=api.tls_cert, tls_key=api.tls_key
+                )
+            )
+            admin = await stack.enter_async_context(run_admin(settings, store, signin, cloud=cloud))
+        except Exception as exc:
+            raise_alarm("StartFailed", error=str(exc) or type(exc).__name__)
+            raise
+        clear_alarm("StartFailed")
+        scheme = "https" if api.tls_cert else "http"
+        url = f"{scheme}://{api.host}:{aio.bound_port(http)}"
+        log.info("node_started", api=url, sip_mode=settings.sip.mode, metrics=f"{url}/metrics")
+        log.info("cloud", cluster_id=cloud.cluster_id, status=cloud.status.label)
+        yield RunningNode(sip, signin, lpns, cloud, calls, url, admin)
 
 
 async def serve(settings: Settings) -> None:

@@ -541,7 +541,9 @@ async def test_ucpush_serve_runs_and_stops(tmp_path):
         assert answer.startswith(b"SIP/2.0 404 ")
         assert (tmp_path / "var" / "sip-digest.key").stat().st_mode & 0o777 == 0o600
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        code = await asyncio.wait_for(process.wait(), 10)
+        assert process.stderr is not None
+        assert code == 0, (await process.stderr.read()).decode(errors="replace")[-3000:]
     finally:
         sock.close()
         if process.returncode is None:

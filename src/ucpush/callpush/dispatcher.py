@@ -12,6 +12,7 @@ one engine against a ``CallControl`` (what the SIP side offers) with real timers
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from urllib.parse import unquote
 import httpx
 from prometheus_client import Counter
 
-from ucpush.alarms import raise_alarm
+from ucpush.alarms import clear_alarm, raise_alarm
 from ucpush.callpush.engine import (
     Action,
     CallDevice,
@@ -46,7 +47,8 @@ from ucpush.callpush.payload import PayloadBuilder
 from ucpush.logging import get_logger
 from ucpush.lpns.protocol import PushType as LocalPushType
 from ucpush.lpns.service import LocalPushOutcome, LpnsService
-from ucpush.relay.client import RelayClient, RelayError
+from ucpush.metrics import observe_push_latency
+from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
 from ucpush.relay.providers.base import Outcome, Priority
 from ucpush.sip.message import SipRequest
 from ucpush.sip.proxy import CallControl as ProxyCallControl
@@ -158,7 +160,9 @@ class PushDispatcher:
         ):
             return False
         # ``deliver`` waits at most the LPNS ack timeout and keeps the local push counters.
+        started = time.monotonic()
         result = await self.lpns.deliver(target.device_id, local_type, payload)
+        observe_push_latency("local", target.service, time.monotonic() - started)
         if result.outcome is LocalPushOutcome.DELIVERED:
             return True
         _log.info(
@@ -174,10 +178,13 @@ class PushDispatcher:
     ) -> bool:
         relay = self.relay()
         if relay is None:
+            # Not onboarded or push disabled: the SIP side has no dispatcher to push with.
             PUSH_ERROR_RES_RECEIVED.inc()
-            _log.warning("no relay: push notifications not onboarded or disabled")
+            raise_alarm("PushNotificationServiceUnavailable", reason="push not enabled")
             return False
+        clear_alarm("PushNotificationServiceUnavailable")
         PUSH_REQ_SENT.inc()
+        started = time.monotonic()
         try:
             result = await relay.send_encrypted(
                 target=target.token,
@@ -191,12 +198,20 @@ class PushDispatcher:
         except (RelayError, httpx.HTTPError, OSError, ValueError) as exc:
             # The call still goes on to any reachable binding (issue 5); counted, logged.
             PUSH_ERROR_RES_RECEIVED.inc()
+            if isinstance(exc, RelayAuthError):
+                raise_alarm("AccessTokenInvalid", detail=str(exc))
+            elif not isinstance(exc, RelayError):
+                raise_alarm("PushNotificationServiceAccessTokenUnavailable", detail=str(exc))
             _log.warning(
                 "relay push failed", device_id=target.device_id, error=str(exc), tid=tracking_id
             )
             return False
         PUSH_RES_RECEIVED.inc()
+        observe_push_latency("relay", target.service, time.monotonic() - started)
+        clear_alarm("PushNotificationServiceAccessTokenUnavailable")
+        clear_alarm("AccessTokenInvalid")
         if result.outcome is Outcome.DELIVERED:
+            clear_alarm(_INVALID_TOKEN_ALARM, device_id=target.device_id)
             return True
         PUSH_ERROR_RES_RECEIVED.inc()
         if result.outcome is Outcome.UNREGISTERED:

@@ -36,6 +36,7 @@ from ucpush.cloud.sql import CloudRecord, SqlCloudRepository
 from ucpush.config import CloudSettings, Settings
 from ucpush.logging import get_logger
 from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
+from ucpush.relay.proxy import FailoverTransport, ProxyAuthError, ProxySettings
 
 if TYPE_CHECKING:
     from ucpush.store import Store
@@ -105,6 +106,15 @@ class ProxyConfig:
             raise ValueError("proxy port must be 1-65535")
         if self.password and not self.username:
             raise ValueError("a proxy password needs a user name")
+
+
+def _proxy_settings(proxy: ProxyConfig | None) -> ProxySettings | None:
+    """The stored proxy as ``RelayClient`` takes it. The node speaks plain HTTP to the proxy
+    and TLS to the relay inside the CONNECT tunnel (the usual corporate set-up)."""
+    if proxy is None:
+        return None
+    auth = proxy.auth.value if proxy.username else "none"
+    return ProxySettings("http", proxy.host, proxy.port, proxy.username, proxy.password, auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,9 +334,12 @@ class CloudConnection:
                     self.cluster_id,
                     self._settings.cluster_name,
                     verify=self._verify(),
+                    proxy=_proxy_settings(self.proxy),
                 )
             except RelayError as exc:
                 raise CloudError(400 if exc.status < 500 else 502, exc.detail) from None
+            except ProxyAuthError as exc:
+                raise CloudError(502, f"the proxy refused: {_describe(exc)}") from None
             except (ssl.SSLError, ValueError) as exc:
                 raise CloudError(400, f"TLS settings unusable: {_describe(exc)}") from None
             except httpx.HTTPError as exc:
@@ -434,7 +447,7 @@ class CloudConnection:
                 await self._set_error(TOKEN_INVALID, f"refresh token refused: {exc.detail}")
             except RelayError as exc:
                 await self._set_error(TOKEN_INVALID, exc.detail)
-            except (ssl.SSLError, ValueError) as exc:
+            except (ssl.SSLError, ValueError, ProxyAuthError) as exc:
                 await self._set_error(CLIENT_POOL_FAILED, _describe(exc))
             except httpx.HTTPError as exc:
                 await self._set_error(TOKEN_UNAVAILABLE, _describe(exc))
@@ -455,7 +468,9 @@ class CloudConnection:
         port = parts.port or (443 if tls else 80)
         subject = issuer = ""
         not_after: datetime | None = None
-        if tls:
+        proxy = _proxy_settings(self.proxy)
+        # Through a proxy only the tunnelled request below shows the certificate's verdict.
+        if tls and proxy is None:
             try:
                 certificate = await self._peer_certificate(host, port)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -464,12 +479,17 @@ class CloudConnection:
             issuer = certificate.issuer.rfc4514_string()
             not_after = certificate.not_valid_after_utc
         try:
+            transport = FailoverTransport(verify=self._verify(), proxy=proxy)
             async with httpx.AsyncClient(
-                verify=self._verify(), timeout=self._settings.request_timeout
+                transport=transport, timeout=self._settings.request_timeout
             ) as http:
                 response = await http.get(f"{url}/healthz")
         except (ssl.SSLError, ValueError) as exc:
             return Reachability(url, False, tls, False, subject, issuer, not_after, _describe(exc))
+        except ProxyAuthError as exc:
+            return Reachability(
+                url, False, tls, None, subject, issuer, not_after, f"proxy: {_describe(exc)}"
+            )
         except httpx.HTTPError as exc:
             trusted = False if _is_certificate_failure(exc) else None
             why = "certificate not trusted" if trusted is False else "cannot reach the relay"
@@ -555,10 +575,12 @@ class CloudConnection:
     def _build_client(self, refresh_token: str | None = None) -> RelayClient:
         r = self._record
         token = refresh_token or self._sealer.open(r.refresh_token_sealed, "refresh_token")
-        # The proxy settings are stored but not applied yet: RelayClient has no proxy argument
-        # (ucpush.relay.proxy does not exist yet).
         return RelayClient(
-            r.relay_url, token, verify=self._verify(), timeout=self._settings.request_timeout
+            r.relay_url,
+            token,
+            verify=self._verify(),
+            timeout=self._settings.request_timeout,
+            proxy=_proxy_settings(self.proxy),
         )
 
     async def _peer_certificate(self, host: str, port: int) -> x509.Certificate:

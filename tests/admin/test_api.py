@@ -141,6 +141,9 @@ async def test_alarms_are_listed(node: Node):
     async with node.api() as api:
         [alarm] = (await api.get("/api/v1/alarms")).json()
     assert alarm["name"] == "AccessTokenInvalid" and alarm["node"] == "node-a"
+    async with node.api() as api:
+        assert (await api.post("/api/v1/alarms/push-now")).status_code == 202
+    assert (await node.store.alarms.prefs(datetime.now(UTC))).push_requested_at is not None
 
 
 async def test_signin_administration(node: Node):

@@ -165,6 +165,8 @@ async def test_onboarding_forms(node: Node):
         voucher = await client.post("/onboarding/voucher", data={"csrf": csrf})
         assert voucher.status_code == 200
         assert re.search(r'name="voucher" value="[A-Z2-7]{4}(-[A-Z2-7]{4}){5}"', voucher.text)
+        sent = await client.post("/onboarding/push-alarms", data={"csrf": csrf})
+        assert sent.status_code == 303
         unknown = await client.post("/onboarding/teleport", data={"csrf": csrf})
         assert unknown.status_code == 404
 

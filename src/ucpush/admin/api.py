@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -452,6 +452,13 @@ def router() -> APIRouter:
     async def alarms(_: User, ctx: Ctx) -> Any:
         """Active alarms of every node of the cluster, newest first."""
         return await ctx.active_alarms()
+
+    @api.post("/alarms/push-now", status_code=202, tags=["operations"])
+    async def push_now(_: User, ctx: Ctx) -> Response:
+        """Send troubleshooting information (alarms) to the relay now: the running nodes
+        upload at their next poll (``alarms.poll_seconds``)."""
+        await ctx.store.alarms.request_push(datetime.now(UTC))
+        return Response(status_code=202)
 
     @api.get("/service-parameters", response_model=ServiceParams, tags=["service"])
     async def get_service(_: User, ctx: Ctx) -> Any:

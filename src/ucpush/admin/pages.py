@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -69,6 +70,7 @@ _DONE = {
     "proxy": "Proxy settings saved.",
     "proxy-remove": "Proxy removed: the relay is reached directly.",
     "troubleshooting": "Troubleshooting settings saved.",
+    "push-alarms": "Upload requested: the running nodes send their alarms within seconds.",
     "service": "Service parameters saved.",
     "enterprise": "Enterprise parameters saved.",
     "ucservice": "UC service saved.",
@@ -342,6 +344,11 @@ async def onboarding_body(
         )
         + checkbox("Send encrypted PII", "encrypt_pii", view.encrypt_pii),
         "Save troubleshooting settings",
+    ) + page.form(
+        "/onboarding/push-alarms",
+        "",
+        "Send troubleshooting information now",
+        style="secondary",
     )
 
     recovery = page.form(
@@ -681,6 +688,8 @@ def router() -> APIRouter:
                         form.get("auth", "digest"),
                     )
                 )
+            elif action == "push-alarms":
+                await page.ctx.store.alarms.request_push(datetime.now(UTC))
             elif action == "proxy-remove":
                 await cloud.set_proxy(None)
             elif action == "troubleshooting":

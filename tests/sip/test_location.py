@@ -54,9 +54,11 @@ class Recording:
         self.user_reads = 0
         self.fail = False
 
-    async def get_user(self, username: str, realm: str) -> SipUser:
+    async def get_users(self, keys: Sequence[tuple[str, str]]) -> list[SipUser]:
         self.user_reads += 1
-        return await self.repository.get_user(username, realm)
+        if self.fail:
+            raise ConnectionError("database down")
+        return await self.repository.get_users(keys)
 
     async def list_bindings(self, aor: str | None = None) -> list[Binding]:
         return await self.repository.list_bindings(aor)
@@ -336,5 +338,41 @@ async def test_a_password_changed_in_the_store_works_on_the_next_attempt(
         assert await attempt("looking-glass", 5) == 200
         assert repo.user_reads == reads + 1
         assert [b.cseq for b in await cache.lookup(AOR)] == [6]
+    finally:
+        await cache.close()
+
+
+async def test_concurrent_misses_share_one_query(store: Store, repo: Recording) -> None:
+    users = [replace(alice(f"sip:u{n}@example.org"), username=f"u{n}") for n in range(20)]
+    for user in users:
+        await store.sip.add_user(user)
+    cache = await started(repo)
+    try:
+        names = [f"u{n}" for n in range(20)] + ["u0", "nobody"]
+        found = await asyncio.gather(
+            *(cache.get_user(name, "example.org") for name in names), return_exceptions=True
+        )
+        assert found[:20] == users and found[20] == users[0]
+        assert isinstance(found[21], NotFound)
+        assert repo.user_reads == 1
+    finally:
+        await cache.close()
+
+
+async def test_a_failing_user_query_fails_its_waiters_only_once(
+    store: Store, repo: Recording
+) -> None:
+    await store.sip.add_user(alice())
+    cache = await started(repo)
+    try:
+        repo.fail = True
+        results = await asyncio.gather(
+            cache.get_user("alice", "example.org"),
+            cache.get_user("bob", "example.org"),
+            return_exceptions=True,
+        )
+        assert [type(r) for r in results] == [ConnectionError, ConnectionError]
+        repo.fail = False  # nothing was cached: the next REGISTER reads again
+        assert await cache.get_user("alice", "example.org") == alice()
     finally:
         await cache.close()

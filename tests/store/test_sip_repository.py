@@ -234,3 +234,17 @@ async def test_apply_bindings_is_all_or_nothing(sip: SqlSipRepository) -> None:
     with pytest.raises(Conflict):
         await sip.apply_bindings([binding(3), broken], ["b1"])
     assert [b.id for b in await sip.list_bindings()] == ["b1"]
+
+
+async def test_get_users_in_one_query(sip: SqlSipRepository) -> None:
+    names = [f"u{n:04d}" for n in range(600)]  # more than one IN list takes
+    for name in names:
+        await sip.add_user(user(name))
+    await sip.add_user(user("alice", "other.example"))
+    keys = [(name, "example.org") for name in names]
+    wanted = [*keys, ("alice", "example.org"), ("nobody", "example.org")]
+    found = await sip.get_users(wanted)
+    assert sorted(u.username for u in found) == names
+    assert found[0] == user(found[0].username)
+    assert await sip.get_users([]) == []
+    assert await sip.get_users([("alice", "other.example")]) == [user("alice", "other.example")]

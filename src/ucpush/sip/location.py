@@ -52,7 +52,7 @@ FLUSH_RETRY_SECONDS = 1.0
 class BindingStore(Protocol):
     """What the cache needs of ``SqlSipRepository``."""
 
-    async def get_user(self, username: str, realm: str) -> SipUser: ...
+    async def get_users(self, keys: Sequence[tuple[str, str]]) -> list[SipUser]: ...
     async def list_bindings(self, aor: str | None = None) -> list[Binding]: ...
     async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None: ...
     async def apply_bindings(self, upsert: Sequence[Binding], remove: Sequence[str]) -> None: ...
@@ -101,6 +101,8 @@ class LocationCache:
         self._aors: dict[str, dict[str, Binding]] = {}
         # username, realm -> (account or None when unknown, monotonic time it was read)
         self._users: dict[tuple[str, str], tuple[SipUser | None, float]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[SipUser | None]] = {}
+        self._user_loader: asyncio.Task[None] | None = None
         # Binding id -> latest state to write (None: delete); insertion order = change order.
         self._pending: dict[str, Binding | None] = {}
         self._wake = asyncio.Event()
@@ -141,17 +143,46 @@ class LocationCache:
     async def get_user(self, username: str, realm: str) -> SipUser:
         key = (username, realm)
         cached = self._users.get(key)
-        now = self._clock()
-        if cached is None or now - cached[1] >= self.user_ttl:
-            try:
-                user: SipUser | None = await self.store.get_user(username, realm)
-            except NotFound:
-                user = None
-            cached = (user, now)
-            self._users[key] = cached
-        if cached[0] is None:
+        if cached is None or self._clock() - cached[1] >= self.user_ttl:
+            user = await asyncio.shield(self._load_user(key))
+        else:
+            user = cached[0]
+        if user is None:
             raise NotFound("SIP user")
-        return cached[0]
+        return user
+
+    def _load_user(self, key: tuple[str, str]) -> asyncio.Future[SipUser | None]:
+        """A future for the account, read with every other one missed meanwhile: under load
+        one query serves many REGISTERs (a store round trip costs milliseconds)."""
+        future = self._loading.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._loading[key] = loop.create_future()
+            if self._user_loader is None:
+                self._user_loader = loop.create_task(self._load_users())
+        return future
+
+    async def _load_users(self) -> None:
+        try:
+            while self._loading:
+                batch, self._loading = self._loading, {}
+                try:
+                    found = await self.store.get_users(list(batch))
+                except Exception as exc:
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                            future.exception()  # retrieved: a waiter may have gone
+                    continue
+                read_at = self._clock()
+                by_key = {(u.username, u.realm): u for u in found}
+                for key, future in batch.items():
+                    user = by_key.get(key)
+                    self._users[key] = (user, read_at)
+                    if not future.done():
+                        future.set_result(user)
+        finally:
+            self._user_loader = None
 
     def forget_user(self, username: str, realm: str) -> None:
         """Re-read this account on its next use (its UA just failed to authenticate)."""

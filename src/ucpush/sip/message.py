@@ -215,6 +215,16 @@ def _key(name: str) -> str:
 
 
 _KEYS = {name: name.lower() for name in _KNOWN}
+# SipMessage's typed cache entries and the header each is parsed from.
+_TYPED_FROM = {
+    "vias": "via",
+    "from": "from",
+    "to": "to",
+    "cseq": "cseq",
+    "contacts": "contact",
+    "routes": "route",
+    "record-routes": "record-route",
+}
 
 
 def split_list(value: str) -> list[str]:
@@ -251,24 +261,33 @@ def split_list(value: str) -> list[str]:
 class Headers:
     """Ordered, case-insensitive multi-map of header fields."""
 
-    __slots__ = ("_items", "_version")
+    __slots__ = ("_changed", "_items", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str, str]] = []
-        self._version = 0  # bumped on every change; messages key their typed cache on it
+        # Bumped on every change; messages key their typed cache on it. ``_changed[v]`` is the
+        # header (key) change ``v`` touched, so a message drops only what that change affects
+        # (stamping ``received`` on the top Via must not re-parse From, To and Contact).
+        self._version = 0
+        self._changed: list[str] = []
         for name, value in items:
             self.add(name, value)
 
-    def add(self, name: str, value: str) -> None:
+    def _bump(self, key: str) -> None:
         self._version += 1
+        self._changed.append(key)
+
+    def add(self, name: str, value: str) -> None:
         name = canonical_name(name)
-        self._items.append((name.lower(), name, value))
+        key = name.lower()
+        self._bump(key)
+        self._items.append((key, name, value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of that name (top Via, top Route), else first."""
-        self._version += 1
         name = canonical_name(name)
         key = name.lower()
+        self._bump(key)
         index = next((i for i, item in enumerate(self._items) if item[0] == key), 0)
         self._items.insert(index, (key, name, value))
 
@@ -285,9 +304,9 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every header of that name by one, at the position of the first."""
-        self._version += 1
         name = canonical_name(name)
         key = name.lower()
+        self._bump(key)
         out: list[tuple[str, str, str]] = []
         done = False
         for item in self._items:
@@ -302,17 +321,17 @@ class Headers:
         self._items = out
 
     def remove(self, name: str) -> int:
-        self._version += 1
         key = _key(name)
+        self._bump(key)
         before = len(self._items)
         self._items = [item for item in self._items if item[0] != key]
         return before - len(self._items)
 
     def replace_first(self, name: str, value: str) -> None:
         """Replace the first value of that name in place (e.g. the top Via), else append."""
-        self._version += 1
         name = canonical_name(name)
         key = name.lower()
+        self._bump(key)
         for i, item in enumerate(self._items):
             if item[0] == key:
                 self._items[i] = (key, item[1], value)
@@ -321,8 +340,8 @@ class Headers:
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of that name (stripping top Via or Route)."""
-        self._version += 1
         key = _key(name)
+        self._bump(key)
         for i, item in enumerate(self._items):
             if item[0] == key:
                 del self._items[i]
@@ -544,15 +563,30 @@ class SipMessage:
         From/To many times (transaction keys, routing), and parsing already did it once."""
         headers = self.headers
         cache = self._cache
-        if cache.get("") is not headers or cache.get(" v") != headers._version:
+        if cache.get("") is not headers:
             cache.clear()
             cache[""] = headers
+            cache[" v"] = headers._version
+        elif cache[" v"] != headers._version:
+            changed = set(headers._changed[cache[" v"] :])
+            for typed, header in _TYPED_FROM.items():
+                if header in changed:
+                    cache.pop(typed, None)
             cache[" v"] = headers._version
         try:
             return cache[key]  # type: ignore[no-any-return]
         except KeyError:
             value = cache[key] = build()
             return value
+
+    def _adopt_cache(self, original: SipMessage) -> None:
+        """A copy starts with the original's parsed values (all immutable), as far as they
+        are current: its headers are equal."""
+        cache = original._cache
+        if cache.get("") is original.headers and cache[" v"] == original.headers._version:
+            self._cache = dict(cache)
+            self._cache[""] = self.headers
+            self._cache[" v"] = self.headers._version
 
     @property
     def vias(self) -> list[Via]:
@@ -689,7 +723,9 @@ class SipRequest(SipMessage):
         return f"{self.method} {self.uri} {SIP_VERSION}"
 
     def copy(self) -> SipRequest:
-        return SipRequest(self.method, self.uri, self.headers.copy(), self.body)
+        out = SipRequest(self.method, self.uri, self.headers.copy(), self.body)
+        out._adopt_cache(self)
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipRequest):
@@ -736,7 +772,9 @@ class SipResponse(SipMessage):
         return self.status < 200
 
     def copy(self) -> SipResponse:
-        return SipResponse(self.status, self.reason, self.headers.copy(), self.body)
+        out = SipResponse(self.status, self.reason, self.headers.copy(), self.body)
+        out._adopt_cache(self)
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipResponse):

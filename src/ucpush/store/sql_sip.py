@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ucpush.store.repository import Binding, NotFound, SipUser
 from ucpush.store.sql import SqlRepositoryBase, sip_bindings, sip_users
 
-# Bound parameters per DELETE ... IN (...): under SQLite's default limit of 32,766 and far
-# under PostgreSQL's 65,535.
+# Bound parameters per ... IN (...): under SQLite's default limit of 32,766 and far under
+# PostgreSQL's 65,535.
 _IDS_PER_DELETE = 500
 
 
@@ -48,6 +48,19 @@ class SqlSipRepository(SqlRepositoryBase):
             "SIP user",
         )
         return SipUser(**row._mapping)
+
+    async def get_users(self, keys: Sequence[tuple[str, str]]) -> list[SipUser]:
+        """The accounts among ``keys`` ((username, realm) pairs) that exist, in one query."""
+        if not keys:
+            return []
+        found: list[SipUser] = []
+        for start in range(0, len(keys), _IDS_PER_DELETE // 2):
+            chunk = keys[start : start + _IDS_PER_DELETE // 2]
+            query = sip_users.select().where(
+                sa.tuple_(sip_users.c.username, sip_users.c.realm).in_(list(chunk))
+            )
+            found += [SipUser(**r._mapping) for r in await self._all(query)]
+        return found
 
     async def list_users(self) -> list[SipUser]:
         """Ordered by realm, then username."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
@@ -17,6 +17,16 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop, whose transports roughly halve per-request overhead."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: it would take SIGTERM from the process's own
+    handlers, stop this one server and re-raise the signal when done. Our entry points own
+    the signals and stop every server together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -37,7 +47,7 @@ async def serve_http(
         timeout_keep_alive=1800,  # API clients keep their connections for requests to come
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

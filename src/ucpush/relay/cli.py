@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -79,9 +80,13 @@ def serve(ctx: typer.Context) -> None:
     configure_logging(settings.log)
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         async with run_relay(settings) as relay:
             console.print(f"relay listening on [bold]{relay.url}[/] (Ctrl-C stops)", style="green")
-            await asyncio.Event().wait()
+            await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):
         aio.run(run())

@@ -120,13 +120,13 @@ async def chat(tmp_path: Path, chat_server: ChatServer, stack: Stack) -> AsyncIt
     await add_device(stack)
     settings = chat_settings(tmp_path, chat_server)
     done: list[PushDone] = []
-    async with await stack.enrolled_client() as relay:
-        async with run_chat_push(
-            settings, stack.store, lambda: relay, on_push_done=done.append
-        ) as running:
-            harness = Chat(chat_server, stack, running, settings, relay, done)
-            try:
-                yield harness
-            finally:
-                for client in harness.clients:
-                    await client.close()
+    async with (
+        await stack.enrolled_client() as relay,
+        run_chat_push(settings, stack.store, lambda: relay, on_push_done=done.append) as running,
+    ):
+        harness = Chat(chat_server, stack, running, settings, relay, done)
+        try:
+            yield harness
+        finally:
+            for client in harness.clients:
+                await client.close()

@@ -65,10 +65,10 @@ class Client(ClientXMPP):  # type: ignore[misc]
     def bodies(self) -> list[str]:
         return [s["body"] for s in self.received if s.name == "message" and s["body"]]
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_for(self, count: int, seconds: float = 10.0) -> None:
         """Until ``count`` stanzas were received in all."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 while len(self.received) < count:
                     self.arrived.clear()
                     await self.arrived.wait()

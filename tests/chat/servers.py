@@ -120,6 +120,20 @@ def prosody(tmp: Path, users: list[str], *, hibernation: int = 600) -> Iterator[
         _stop(proc)
 
 
+def _register(ctl: list[str], env: dict[str, str], user: str) -> None:
+    # The listeners open before every module has started: retry while the node settles.
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(
+            [*ctl, "register", user, DOMAIN, PASSWORD], env=env, capture_output=True, timeout=30
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ejabberdctl register {user}: {done.stdout!r} {done.stderr!r}")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def ejabberd(tmp: Path, users: list[str]) -> Iterator[ChatServer]:
     """ejabberd 23.01 with mod_push, mod_push_keepalive, mod_stream_mgmt and mod_privilege."""
@@ -154,13 +168,7 @@ def ejabberd(tmp: Path, users: list[str]) -> Iterator[ChatServer]:
         _wait_listening(server.c2s_port, proc, server.log_file, 60)
         _wait_listening(server.component_port, proc, server.log_file, 30)
         for user in users:
-            subprocess.run(
-                [*ctl, "register", user, DOMAIN, PASSWORD],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
+            _register(ctl, env, user)
         server.users = users
         yield server
     finally:

@@ -12,10 +12,9 @@ the gauge ``<name>LastWindow`` (the count of the last complete 60 s window, what
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
 from collections.abc import Callable
-
-import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 

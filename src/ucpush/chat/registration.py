@@ -15,7 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
+
+from ucpush.config import Settings
+from ucpush.crypto.secretfile import load_or_create_secret, write_secret
 
 _CONTEXT = b"ucpush xep-0357 node secret\x00"
 
@@ -41,3 +46,29 @@ class PushRegistration:
 
 def registration_for(key: bytes, component_jid: str, device_id: str) -> PushRegistration:
     return PushRegistration(component_jid, device_id, node_secret(key, device_id))
+
+
+def node_key(settings: Settings) -> bytes:
+    """The key node secrets derive from (``chat.secret_file``, made on first use)."""
+    chat = settings.chat
+    return load_or_create_secret(
+        Path(chat.secret_file) if chat.secret_file else settings.data_dir / "chat-secret"
+    )
+
+
+def component_secret(settings: Settings) -> str:
+    """The XEP-0114 password shared with the chat server (made on first use)."""
+    chat = settings.chat
+    path = (
+        Path(chat.component_secret_file)
+        if chat.component_secret_file
+        else settings.data_dir / "chat-component-secret"
+    )
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(24)
+        write_secret(path, secret.encode())
+    if not secret:
+        raise ValueError(f"{path.name}: component secret is empty")
+    return secret

@@ -64,7 +64,8 @@ class PushDone:
     pushed: bool
     received_at: float  # loop clock, when the publish arrived
     done_at: float  # loop clock, when the relay answered (or the decision was made)
-    outcome: str  # relay outcome, "suppressed", or the XMPP error condition
+    outcome: str  # relay outcome or "suppressed"
+    sent_at: float = 0.0  # loop clock, when the push request went to the relay
 
 
 @dataclass(slots=True)
@@ -141,14 +142,15 @@ class ChatPushService:
             ):
                 _log.info("chat push suppressed", node=publish.node, reason="other session active")
                 return self._done(
-                    PushDone(publish.node, False, received, loop.time(), "suppressed")
+                    PushDone(publish.node, False, received, loop.time(), "suppressed", received)
                 )
         first = publish.node not in self._known
         self._remember(device)
         if first:
             self.counters.enable_requests.inc(device.service)
+        sent = loop.time()
         outcome = await self._push(device, publish)
-        return self._done(PushDone(publish.node, True, received, loop.time(), outcome.value))
+        return self._done(PushDone(publish.node, True, received, loop.time(), outcome.value, sent))
 
     async def _device(self, publish: Publish) -> Device:
         if publish.secret is None or not secret_matches(

@@ -1,0 +1,362 @@
+"""Chat push: messages/s from a real Prosody turned into pushes, and the latency the app
+server adds (publish received on the component → relay accepted the push).
+
+Set-up, all on loopback: Prosody (deploy/prosody config, as the tests start it), the APNs
+simulator and the relay as their own processes (as bench/relay_throughput.py starts them),
+and the chat push component in this process with the slixmpp clients. ``--users`` users
+each enable push from a phone and sign off, so every message sent to them is stored offline
+and published to the app server (Prosody's ``mod_cloud_notify`` pushes each offline
+message). A sender then sends messages round-robin at each of ``--rates`` per second for
+``--seconds``.
+
+Measured in the same run:
+
+- **chat push**: pushes/s that reached the APNs simulator, and per publish the time from the
+  component receiving it to the relay's answer (``PushDone.done_at - received_at``);
+- **baseline**: the same number of pushes offered at the same rate straight through
+  ``RelayClient``, i.e. the relay + simulator alone. The table gives chat push figures as ratios
+  of the baseline, and the added latency as the difference of the medians.
+
+Targets (issue 7): ≥ 500 pushes/s, p99 < 20 ms. Results: table on stdout,
+``bench/results/chat_push.md`` and ``.json``.
+
+    .venv/bin/python bench/chat_push.py [--rates 100,500] [--seconds 6] [--users 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the chat server harness lives with the tests
+
+from tests.chat.phone import Client  # noqa: E402
+from tests.chat.servers import ChatServer, prosody  # noqa: E402
+
+from relay_throughput import clear, free_port, wait_http  # noqa: E402
+from relay_throughput import delivered as sim_delivered  # noqa: E402
+from relay_throughput import setup as relay_setup  # noqa: E402
+from ucpush.chat import PushDone, registration_for, run_chat_push  # noqa: E402
+from ucpush.config import ChatSettings, LogSettings, Settings  # noqa: E402
+from ucpush.crypto import jwe  # noqa: E402
+from ucpush.logging import configure_logging  # noqa: E402
+from ucpush.relay.client import RelayClient  # noqa: E402
+from ucpush.relay.providers.base import Outcome, PushType  # noqa: E402
+from ucpush.sim.credentials import make_apns_key  # noqa: E402
+from ucpush.store import Store, open_store  # noqa: E402
+from ucpush.store.repository import Device, EndUser, Platform  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+from relay_throughput import BUNDLE, KEY_ID, TEAM  # noqa: E402
+
+KEY = bytes(range(32))
+console = Console(width=160)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def token(i: int) -> str:
+    return f"{i:064x}"
+
+
+@contextlib.asynccontextmanager
+async def relay_stack(tmp: Path, devices: int) -> AsyncIterator[tuple[str, str, str]]:
+    """The APNs simulator and the relay as their own processes (``ucpush sim serve``,
+    ``ucpush relay serve``, set up as in bench/relay_throughput.py); yields the simulator
+    URL, the relay URL and an onboarding voucher."""
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
+    try:
+        private_pem, public_pem = make_apns_key()
+        p8_file = tmp / "AuthKey.p8"
+        p8_file.write_bytes(private_pem)
+        sim_port, relay_port = free_port(), free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        sim_env = {
+            **env,
+            "UCPUSH_SIM__APNS_PORT": str(sim_port),
+            "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
+            "UCPUSH_SIM__FCM_PORT": str(free_port()),
+        }
+        sim_cmd = [sys.executable, "-m", "ucpush", "sim", "serve"]
+        procs.append(subprocess.Popen(sim_cmd, env=sim_env))  # noqa: ASYNC220 - set-up
+        wait_http(f"{sim_url}/_sim/delivered", http2=True)
+        with httpx.Client(http1=False, http2=True) as control:
+            control.post(  # noqa: ASYNC212 - set-up, before any load
+                f"{sim_url}/_sim/keys",
+                json={"team_id": TEAM, "key_id": KEY_ID, "public_key_pem": public_pem.decode()},
+            )
+            for i in range(devices):
+                device = {"token": token(i), "topic": BUNDLE}
+                control.post(f"{sim_url}/_sim/devices", json=device)  # noqa: ASYNC212
+        voucher, _ = await relay_setup(tmp, relay_port, p8_file)
+        relay_env = {
+            **env,
+            "UCPUSH_RELAY__PORT": str(relay_port),
+            "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
+        }
+        relay_cmd = [sys.executable, "-m", "ucpush", "relay", "serve"]
+        procs.append(subprocess.Popen(relay_cmd, env=relay_env))  # noqa: ASYNC220 - set-up
+        relay_url = f"http://127.0.0.1:{relay_port}"
+        wait_http(f"{relay_url}/healthz")
+        yield sim_url, relay_url, voucher
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def add_devices(store: Store, users: list[str]) -> None:
+    now = datetime.now(UTC)
+    for i, user in enumerate(users):
+        await store.signin.add_user(EndUser(f"u-{user}", user, "scrypt$x", now))
+        device = Device(
+            f"phone-{user}", f"u-{user}", Platform.IOS, "APNS", token(i), KEY, "k1", now, now
+        )
+        await store.signin.put_device(device)
+
+
+async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    users = [f"user{i}" for i in range(args.users)]
+    with prosody(tmp, [*users, "sender"]) as server:
+        stack = relay_stack(tmp, len(users))
+        async with (
+            stack as (sim_url, relay_url, voucher),
+            RelayClient(
+                relay_url, (await RelayClient.enroll(relay_url, voucher, "bench")).refresh_token
+            ) as relay,
+            await open_store(f"sqlite+aiosqlite:///{tmp / 'node.db'}") as store,
+        ):
+            await add_devices(store, users)
+            secret_file = tmp / "component-secret"
+            secret_file.write_text(server.component_secret)
+            settings = Settings(
+                data_dir=tmp / "node",
+                chat=ChatSettings(
+                    enabled=True,
+                    server_port=server.component_port,
+                    component_jid=server.component,
+                    component_secret_file=str(secret_file),
+                    node_rate=1000.0,  # the bench floods a few nodes on purpose
+                    node_burst=1000,
+                    max_in_flight=10_000,
+                ),
+            )
+            done: list[PushDone] = []
+            async with run_chat_push(
+                settings, store, lambda: relay, on_push_done=done.append
+            ) as chat:
+                for user in users:  # enable push, then sign off: messages go offline + push
+                    phone = Client(server, user, f"phone-{user}")
+                    await phone.start()
+                    reg = registration_for(chat.service.node_key, server.component, reg_node(user))
+                    await phone.enable_push(server.component, reg.node, reg.secret)
+                    await phone.close()
+                sender = await Client(server, "sender", "load").start()
+                await asyncio.sleep(0.5)
+                rows = []
+                for rate in args.rates:
+                    row = await one_rate(rate, args, users, server, sender, sim_url, done)
+                    # The baseline in the same run: the relay alone at the same offered rate.
+                    clear(sim_url)
+                    row["baseline"] = await relay_alone(relay, row["messages"], rate, len(users))
+                    rows.append(row)
+                await sender.close()
+    return {"users": args.users, "seconds": args.seconds, "rows": rows}
+
+
+async def one_rate(
+    rate: float,
+    args: argparse.Namespace,
+    users: list[str],
+    server: ChatServer,
+    sender: Client,
+    sim_url: str,
+    done: list[PushDone],
+) -> dict[str, Any]:
+    clear(sim_url)
+    done.clear()
+    total = int(rate * args.seconds)
+    start = time.perf_counter()
+    await paced(
+        total,
+        rate,
+        lambda n: sender.send_message(
+            mto=server.jid(users[n % len(users)]), mbody=f"m{n}", mtype="chat"
+        ),
+    )
+    deadline = time.perf_counter() + 60
+    while len(done) < total and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    pushed = [d for d in done if d.pushed]
+    total_ms = [(d.done_at - d.received_at) * 1000 for d in pushed]
+    own_ms = [(d.sent_at - d.received_at) * 1000 for d in pushed]
+    delivered = sim_delivered(sim_url)
+    return {
+        "rate": rate,
+        "messages": total,
+        "publishes": len(done),
+        "delivered": delivered,
+        "outcomes": dict(Counter(d.outcome for d in done)),
+        "pushes_per_s": delivered / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(total_ms, 0.5),
+        "p99_ms": percentile(total_ms, 0.99),
+        "own_p50_ms": percentile(own_ms, 0.5),
+        "own_p99_ms": percentile(own_ms, 0.99),
+    }
+
+
+def reg_node(user: str) -> str:
+    return f"phone-{user}"
+
+
+async def paced(total: int, rate: float, send: Callable[[int], object]) -> None:
+    """Call ``send(n)`` for n < total at ``rate`` per second (open loop, 10 ms ticks)."""
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        for n in range(sent, due):
+            send(n)
+        sent = due
+        await asyncio.sleep(0.01)
+
+
+async def relay_alone(
+    relay: RelayClient, total: int, rate: float, devices: int
+) -> dict[str, float]:
+    """The relay + simulator alone: ``total`` pushes offered at ``rate`` per second."""
+    payload = jwe.encrypt(b'{"type":"message","count":1}', KEY, kid="k1")
+    latencies: list[float] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        result = await relay.send_encrypted(
+            target=token(i % devices),
+            service="APNS",
+            push_type=PushType.MESSAGE,
+            jwe_payload=payload,
+            tracking_id=uuid.uuid4().hex,
+        )
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if result.outcome is not Outcome.DELIVERED:
+            raise RuntimeError(f"baseline push failed: {result}")
+
+    start = time.perf_counter()
+    await paced(total, rate, lambda i: tasks.append(asyncio.create_task(one(i))))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    return {
+        "pushes": total,
+        "pushes_per_s": total / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    table = Table(title="chat push: Prosody → component → relay → APNs simulator, same run")
+    columns = (
+        "offered msg/s", "pushes", "chat push/s", "receive→accepted p50 / p99 ms",
+        "component own p50 / p99 ms", "relay alone push/s", "relay alone p50 / p99 ms",
+        "push/s vs relay alone", "p50 vs relay alone",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right")
+    lines = []
+    for row in result["rows"]:
+        base = row["baseline"]
+        cells = [
+            f"{row['rate']:g}",
+            f"{row['delivered']}/{row['messages']}",
+            f"{row['pushes_per_s']:.0f}",
+            f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f}",
+            f"{row['own_p50_ms']:.2f} / {row['own_p99_ms']:.2f}",
+            f"{base['pushes_per_s']:.0f}",
+            f"{base['p50_ms']:.1f} / {base['p99_ms']:.1f}",
+            f"{row['pushes_per_s'] / base['pushes_per_s']:.2f}",
+            f"{row['p50_ms'] / base['p50_ms']:.2f}",
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    load = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "chat_push.json").write_text(
+        json.dumps({"machine": machine, "load_average": load, **result}, indent=2) + "\n"
+    )
+    md = [
+        "# chat push",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, load average after the run "
+        f"{load:.1f} (the machine was shared with other jobs). `bench/chat_push.py --users "
+        f"{result['users']} --seconds {result['seconds']:g}`: Prosody (offline messages to "
+        "push-enabled users), the component in the bench process, the relay and the APNs "
+        "simulator as their own processes.",
+        "",
+        "*receive→accepted*: publish received on the component until the relay answered. "
+        "*component own*: publish received until the push request started (HMAC check, "
+        "device lookup, rules). *relay alone*: the same number of pushes offered at the same "
+        "rate straight through `RelayClient`, measured right after.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---:|" * len(columns),
+        *lines,
+        "",
+        "Publish outcomes: "
+        + "; ".join(f"{row['rate']:g}/s {row['outcomes']}" for row in result["rows"])
+        + ".",
+        "",
+    ]
+    (RESULTS / "chat_push.md").write_text("\n".join(md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(r) for r in v.split(",")],
+        default=[100.0, 500.0],
+        help="offered messages/s, comma-separated",
+    )
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--users", type=int, default=50)
+    args = parser.parse_args()
+    configure_logging(LogSettings(level="warning"))  # one log line per push would dominate
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(chat_run(args, Path(tmp)))
+    report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Bad publishes reach the app server through a real Prosody and get XMPP errors; the
+service keeps serving. A client can address the component directly, which is how these
+requests are injected (the chat server itself only sends well-formed ones)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
+
+from tests.chat.conftest import PHONE, Chat, add_device
+from ucpush.chat.protocol import Publish, StanzaError
+
+pytestmark = pytest.mark.parametrize("chat_server", ["prosody"], indirect=True)
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+DATA = "jabber:x:data"
+
+
+def form(form_type: str | None, **fields: str) -> ET.Element:
+    x = ET.Element(f"{{{DATA}}}x", type="submit")
+    items = [(var.replace("_", "-"), value) for var, value in fields.items()]
+    for var, value in ([("FORM_TYPE", form_type)] if form_type else []) + items:
+        field = ET.SubElement(x, f"{{{DATA}}}field", var=var)
+        ET.SubElement(field, f"{{{DATA}}}value").text = value
+    return x
+
+
+def publish(
+    node: str | None,
+    secret: str | None,
+    summary: ET.Element | None = None,
+    *,
+    notification: bool = True,
+    options: ET.Element | None = None,
+) -> ET.Element:
+    pubsub = ET.Element(f"{{{PUBSUB}}}pubsub")
+    pub = ET.SubElement(pubsub, f"{{{PUBSUB}}}publish", **({"node": node} if node else {}))
+    item = ET.SubElement(pub, f"{{{PUBSUB}}}item")
+    if notification:
+        note = ET.SubElement(item, "{urn:xmpp:push:0}notification")
+        if summary is not None:
+            note.append(summary)
+    if options is None and secret is not None:
+        options = form("http://jabber.org/protocol/pubsub#publish-options", secret=secret)
+    if options is not None:
+        ET.SubElement(pubsub, f"{{{PUBSUB}}}publish-options").append(options)
+    return pubsub
+
+
+async def answer(chat: Chat, client: Any, payload: ET.Element) -> tuple[str, str]:
+    """("result", "") or (error type, condition) for an IQ set to the component."""
+    iq = client.Iq(stype="set", sto=chat.server.component)
+    iq.append(payload)
+    try:
+        await iq.send(timeout=10)
+    except IqError as exc:
+        return exc.iq["error"]["type"], exc.iq["error"]["condition"]
+    return "result", ""
+
+
+def counter(name: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_total") or 0.0
+
+
+async def test_malformed_unknown_and_unauthorised_publishes_get_errors(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    summary = form("urn:xmpp:push:summary", message_count="1")
+    bad_count = form("urn:xmpp:push:summary", message_count="many")
+    no_var = ET.Element(f"{{{DATA}}}x", type="submit")
+    ET.SubElement(no_var, f"{{{DATA}}}field")
+    only_pubsub = ET.Element(f"{{{PUBSUB}}}pubsub")
+    cases = {
+        "no publish": (only_pubsub, ("cancel", "feature-not-implemented")),
+        "no node": (publish(None, secret, summary), ("modify", "bad-request")),
+        "no notification": (publish(node, secret, notification=False), ("modify", "bad-request")),
+        "count not a number": (publish(node, secret, bad_count), ("modify", "bad-request")),
+        "field without var": (publish(node, secret, no_var), ("modify", "bad-request")),
+        "wrong form type": (publish(node, secret, form("urn:other")), ("modify", "bad-request")),
+        "options without form": (
+            publish(node, None, summary, options=ET.Element("{urn:x}y")),
+            ("modify", "bad-request"),
+        ),
+        "long node": (publish("n" * 300, secret, summary), ("modify", "bad-request")),
+        "wrong secret": (publish(node, "not-the-secret", summary), ("auth", "forbidden")),
+        "no secret": (publish(node, None, summary), ("auth", "forbidden")),
+    }
+    invalid = counter("InvalidTarget")
+    for name, (payload, expected) in cases.items():
+        assert await answer(chat, client, payload) == expected, name
+    assert counter("InvalidTarget") - invalid == 2
+    ghost, ghost_secret = chat.registration("no-such-device")
+    assert await answer(chat, client, publish(ghost, ghost_secret, summary)) == (
+        "cancel",
+        "item-not-found",
+    )
+    assert chat.stack.apns.delivered == []
+    # Still serving: a well-formed publish is pushed.
+    assert await answer(chat, client, publish(node, secret, summary)) == ("result", "")
+    assert len(chat.stack.apns.delivered) == 1
+
+
+async def test_a_flood_of_publishes_is_throttled_and_the_service_keeps_running(
+    chat: Chat,
+) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    summary = form("urn:xmpp:push:summary", message_count="1")
+    answers = await asyncio.gather(
+        *(answer(chat, client, publish(node, secret, summary)) for _ in range(60))
+    )
+    throttled = [a for a in answers if a == ("wait", "resource-constraint")]
+    assert len(throttled) >= 60 - chat.settings.chat.node_burst - 5
+    assert set(answers) == {("result", ""), ("wait", "resource-constraint")}
+    # Another device is not affected by one node's flood.
+    other, other_secret = chat.registration("ipad-2")
+    await add_device(chat.stack, "ipad-2")
+    assert await answer(chat, client, publish(other, other_secret, summary)) == ("result", "")
+    # Garbage on the component's own stream does not stop it either.
+    assert chat.running.component.connected_event.is_set()
+
+
+async def test_disco_shows_a_push_app_server(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    info = await client.plugin["xep_0030"].get_info(jid=chat.server.component, timeout=10)
+    identities = info["disco_info"]["identities"]
+    assert any(i[0] == "pubsub" and i[1] == "push" for i in identities)
+    assert "urn:xmpp:push:0" in info["disco_info"]["features"]
+
+
+async def test_publish_from_a_stranger_domain_is_refused(chat: Chat) -> None:
+    node, secret = chat.registration(PHONE)
+    with pytest.raises(StanzaError) as refused:
+        await chat.running.service.handle_publish(Publish(node, secret, 1), "evil.example")
+    assert (refused.value.type.value, refused.value.condition) == ("auth", "forbidden")

@@ -302,9 +302,12 @@ class CloudConnection:
         return self._record.push_high_availability
 
     def current_client(self) -> RelayClient | None:
-        """The relay client to push with, or ``None`` while push is off or not onboarded."""
+        """The relay client to push with, or ``None`` while push is off or not onboarded.
+
+        Offered in the error states too: a relay that was unreachable a moment ago may answer
+        this push, and the caller's own error handling applies if not."""
         r = self._record
-        if r.status != OnboardingStatus.COMPLETED or not r.push_enabled or not r.account_id:
+        if not r.push_enabled or not r.account_id:
             return None
         if self._client is None:
             try:
@@ -602,7 +605,10 @@ class CloudConnection:
         return x509.load_der_x509_certificate(der)
 
     async def _save(self, **changes: object) -> None:
-        record = dataclasses.replace(self._record, updated_at=_now(), **changes)  # type: ignore[arg-type]
+        # On the row as stored now, not as last read: another node may have changed other
+        # columns since (only ``changes`` are this node's to write).
+        current = await self._repo.get() or self._record
+        record = dataclasses.replace(current, updated_at=_now(), **changes)  # type: ignore[arg-type]
         await self._repo.save(record)
         await self._adopt(record)
 
@@ -643,13 +649,36 @@ class CloudConnection:
         finally:
             await client.aclose()
 
+    async def check_token(self) -> CloudStatus:
+        """The periodic check: while Completed, keep the access token fresh (a token request
+        only when it nears expiry) and turn a failure into the error status with its alarm;
+        in an error state, ask the relay again so the status and alarm clear once the cause
+        is gone."""
+        if not self._record.account_id:
+            return self.status
+        if self._record.status != OnboardingStatus.COMPLETED:
+            return await self.verify()
+        client = self.current_client()
+        if client is None:
+            return self.status  # push disabled: nothing is using the token
+        try:
+            await client.access_token()
+        except RelayAuthError as exc:
+            await self._set_error(TOKEN_INVALID, f"refresh token refused: {exc.detail}")
+        except (ssl.SSLError, ValueError, ProxyAuthError) as exc:
+            await self._set_error(CLIENT_POOL_FAILED, _describe(exc))
+        except httpx.HTTPError as exc:
+            await self._set_error(TOKEN_UNAVAILABLE, _describe(exc))
+        return self.status
+
     async def _follow_changes(self) -> None:
         while True:
             await asyncio.sleep(self._settings.reload_seconds)
             try:
                 await self.reload()
+                await self.check_token()
             except Exception as exc:  # the database may be briefly unreachable; try again
-                log.warning("cloud_state_reload_failed", error=_describe(exc))
+                log.warning("cloud_state_check_failed", error=_describe(exc))
 
 
 def _client_inputs(r: CloudRecord) -> tuple[object, ...]:

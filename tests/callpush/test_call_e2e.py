@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
 
 from tests.signin.helpers import PUSH_KEY
 from tests.sip.sipp_harness import SIPP, start_sipp
@@ -267,3 +269,67 @@ async def test_token_unregistered_at_the_provider(stack: CallStack) -> None:
     call = await caller(stack, user, "caller_refused.xml")
     await call.succeeded()
     assert await stack.apns_deliveries(token) == []
+
+
+# local push first (issue 6)
+
+
+async def local_session(stack: CallStack, access_token: str, device: str) -> ClientConnection:
+    ws = await websockets.connect(stack.lpns)
+    await ws.send(
+        json.dumps(
+            {"type": "hello", "access_token": access_token, "ssid": "Ward4", "device_id": device}
+        )
+    )
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["type"] == "hello-ok", answer
+    return ws
+
+
+async def next_push(ws: ClientConnection) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message["type"] == "push":
+            return message
+
+
+async def test_local_push_wakes_the_device_and_the_call_is_forwarded(stack: CallStack) -> None:
+    user = stack.user()
+    token = token_for(user)
+    await register_apns(stack, user, token)  # a fallback to APNs would be seen
+    access = await stack.sign_in_device(user, f"{user}-iphone", push_token=token, pn_prid=token)
+    ws = await local_session(stack, access, f"{user}-iphone")
+    try:
+        await background_device(stack, user, apns_params(token))
+        call = await caller(stack, user, "caller_answered.xml")
+        push = await next_push(ws)
+        assert push["push_type"] == "voip"
+        assert json.loads(jwe.decrypt(push["payload"], PUSH_KEY))["type"] == "call"
+        await ws.send(json.dumps({"type": "ack", "id": push["id"]}))
+        device = await woken_device(stack, user, apns_params(token), "device_answers.xml")
+        await call.succeeded()
+        await device.succeeded()
+    finally:
+        await ws.close()
+    assert await stack.apns_deliveries(token) == []  # delivered locally: no APNs push
+
+
+async def test_unacknowledged_local_push_falls_back_to_apns(stack: CallStack) -> None:
+    user = stack.user()
+    token = token_for(user)
+    await register_apns(stack, user, token)
+    access = await stack.sign_in_device(user, f"{user}-iphone", push_token=token, pn_prid=token)
+    ws = await local_session(stack, access, f"{user}-iphone")
+    try:
+        await background_device(stack, user, apns_params(token))
+        call = await caller(stack, user, "caller_cancels.xml")
+        push = await next_push(ws)  # never acknowledged
+        local_at = time.time()
+        [fallback] = await until(lambda: stack.apns_deliveries(token), within=6)
+        # lpns.ack_timeout (2 s by default) bounds the wait before the relay gets it.
+        assert 1.5 <= fallback["received_at"] - local_at <= 4.0
+        assert apns_fields(fallback)["type"] == "call"
+        assert push["push_type"] == "voip"
+        await call.succeeded()
+    finally:
+        await ws.close()

@@ -64,6 +64,7 @@ class CallStack:
     fcm: str
     ca_file: Path
     relay_url: str
+    lpns: str  # ws:// URL of the node's local push service
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _next_user: int = 0
 
@@ -84,10 +85,12 @@ class CallStack:
         async with self.sim(self.fcm) as sim:
             return [d for d in (await sim.get("/delivered")).json() if d["token"] == token]
 
-    async def sign_in_device(self, user: str, device: str, **fields: Any) -> None:
+    async def sign_in_device(self, user: str, device: str, **fields: Any) -> str:
+        """Sign ``user`` in on ``device`` and register it; returns the access token."""
         async with httpx.AsyncClient(base_url=self.api) as api:
-            token = (await sign_in(api, user, device))["access_token"]
+            token: str = (await sign_in(api, user, device))["access_token"]
             await register(api, token, device, **fields)
+        return token
 
 
 def _trust(ca_file: Path) -> ssl.SSLContext:
@@ -209,7 +212,16 @@ def _start_stack(
     api = f"http://127.0.0.1:{api_port}"
     _wait_http(api + "/docs", procs[-1], base / "node.log")
     return CallStack(
-        base, f"127.0.0.1:{udp}", f"127.0.0.1:{tcp}", api, apns, fcm, ca_file, relay_url, procs
+        base,
+        f"127.0.0.1:{udp}",
+        f"127.0.0.1:{tcp}",
+        api,
+        apns,
+        fcm,
+        ca_file,
+        relay_url,
+        f"ws://127.0.0.1:{lpns_port}/",
+        procs,
     )
 
 

@@ -333,7 +333,7 @@ def _endpoints(settings: Settings) -> list[tuple[str, str, int]]:
     rows: list[tuple[str, str, int]] = []
     if "tcp" in sip.transports:
         rows.append(("SIP TCP", sip.host, sip.tcp_port))
-    if "tls" in sip.transports:
+    if "tls" in sip.transports and sip.tls_cert:  # without a certificate TLS stays off
         rows.append(("SIP TLS", sip.host, sip.tls_port))
     rows.append(("sign-in API", settings.signin.host, settings.signin.port))
     rows.append(("local push", settings.lpns.host, settings.lpns.port))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ucpush.admin.auth import AdminAuth
@@ -27,7 +27,6 @@ class AdminContext:
     voucher_issuer: VoucherIssuer | None = None
     max_body_bytes: int = 65536
     secure_cookies: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     async def active_alarms(self) -> list[dict[str, Any]]:
         """Active alarms of every node, newest first (the alarm store of ``ucpush.alarms``)."""

@@ -24,8 +24,8 @@ from ucpush.relay.providers.base import Outcome, PushType
 UCPUSH = [sys.executable, "-m", "ucpush"]
 
 
-@pytest.fixture
-def up(tmp_path: Path):
+def start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str], dict[str, str]]:
+    """``ucpush up`` in ``tmp_path`` on free ports; returns once it printed its table."""
     env = {
         **os.environ,
         "UCPUSH_DATA_DIR": str(tmp_path / "data"),
@@ -62,7 +62,7 @@ def up(tmp_path: Path):
     if "ucpush is up" not in text:
         proc.kill()
         proc.wait(10)
-        pytest.fail(f"ucpush up did not start:\n{text}\n{proc.stderr.read()[-5000:]}")
+        pytest.fail(f"ucpush up did not start:\n{text}\n{proc.stderr.read()[-5000:]}")  # type: ignore[union-attr]
     urls = dict(
         re.findall(
             r"│ (relay|sim apns|sign-in API|SIP UDP|local push|admin page|admin credentials"
@@ -70,13 +70,23 @@ def up(tmp_path: Path):
             text,
         )
     )
-    yield env, urls
+    return proc, env, urls
+
+
+def stop_up(proc: subprocess.Popen[str], tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     # The generated APNs signing key never leaks into the logs.
     key_lines = (tmp_path / "data" / "sim-credentials" / "AuthKey.p8").read_text().splitlines()
-    logs = proc.stderr.read()
+    logs = proc.stderr.read()  # type: ignore[union-attr]
     assert not any(line in logs for line in key_lines[1:-1])
+
+
+@pytest.fixture
+def up(tmp_path: Path):
+    proc, env, urls = start_up(tmp_path)
+    yield env, urls
+    stop_up(proc, tmp_path)
 
 
 async def cli(env: dict[str, str], *args: str) -> str:
@@ -155,3 +165,17 @@ async def test_up_onboards_its_node_and_serves_the_admin_page(up):
     # The node's relay client works: the CLI fetches an access token with its refresh token.
     refreshed = await cli(env, "onboarding", "refresh")
     assert "Onboarding Completed" in refreshed
+
+
+def test_restarts_keep_one_machine_account(tmp_path: Path):
+    # The relay's port changes between starts (port 0): the node onboards again, and gives
+    # the old account back rather than leaving it active.
+    for _ in range(2):
+        proc, env, urls = start_up(tmp_path)
+        assert urls["onboarding"].startswith("Onboarding Completed"), urls
+        stop_up(proc, tmp_path)
+    listing = subprocess.run(
+        [*UCPUSH, "relay", "tenant", "list"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    [row] = [line for line in listing.splitlines() if "│ local" in line]
+    assert [cell.strip() for cell in row.split("│")][2:4] == ["completed", "1"], listing

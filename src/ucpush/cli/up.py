@@ -32,7 +32,7 @@ from ucpush.relay.server import RunningRelay, run_relay
 from ucpush.sim.cli import CA_FILE_NAME, RunningSimulators, run_simulators
 from ucpush.sim.credentials import make_apns_key, make_service_account
 from ucpush.store import open_store
-from ucpush.store.repository import ProviderApp
+from ucpush.store.repository import NotFound, ProviderApp
 
 LOCAL_TENANT = "local"
 TEAM_ID, KEY_ID = "UCPUSHTEAM", "UCPUSHKEY1"
@@ -80,7 +80,10 @@ async def _onboard_locally(node: RunningNode, relay: RunningRelay) -> CloudStatu
             status = await cloud.verify()
             if status.status is OnboardingStatus.COMPLETED:
                 return status
-        # Onboarded to another relay (its port changed) or no longer accepted: start over.
+        # The relay moved (another port) or refuses the token: the relay here shares our
+        # database, so the old account is given back in-process, then onboarding starts over.
+        with contextlib.suppress(NotFound):
+            await relay.service.onboarding.offboard(cloud.account_id)
         await cloud.offboard(force=True)
     return await cloud.enroll(await issue(), relay.url)
 

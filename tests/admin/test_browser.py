@@ -22,8 +22,9 @@ import trustme
 
 from ucpush.admin.app import RunningAdmin, run_admin
 from ucpush.config import AdminSettings, CloudSettings, Settings
-from ucpush.signin.service import SigninService
+from ucpush.signin.service import DeviceRegistration, SigninService
 from ucpush.store import open_store
+from ucpush.store.repository import Platform
 
 playwright = pytest.importorskip("playwright.async_api")
 
@@ -188,3 +189,55 @@ def _keep_artifacts(shots: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     for shot in shots.iterdir():
         shutil.copy(shot, ARTIFACTS / f"admin-{shot.name}")
+
+
+async def test_ssid_provisioning_and_devices_in_a_browser(fresh_node: RunningAdmin, tmp_path: Path):
+    username, password = (fresh_node.initial_password_file or Path()).read_text().split()
+    ctx = fresh_node.context
+    async with playwright.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(15000)
+            await page.goto(f"{fresh_node.url}/users")
+            await page.fill("input[name=username]", username)
+            await page.fill("input[name=password]", password)
+            await page.click("button:has-text('Sign in')")
+            await page.wait_for_url("**/users")  # back where the sign-in started
+
+            await page.click("a:has-text('UC Services')")
+            await page.fill("input[name=name]", "ward-4")
+            await page.fill("input[name=ssids]", "Ward4;Ward 4")
+            await page.click("button:has-text('Add or update UC service')")
+            assert "letters and digits" in await page.inner_text("[role=alert]")
+            await page.fill("input[name=name]", "ward-4")
+            await page.fill("input[name=ssids]", "Ward4;Ward5")
+            await page.click("button:has-text('Add or update UC service')")
+            assert "Ward4;Ward5" in await page.inner_text("table")
+            await page.click("a:has-text('Service Profiles')")
+            await page.fill("input[name=name]", "nurses")
+            await page.fill("input[name=ucservices]", "ward-4")
+            await page.click("button:has-text('Add service profile')")
+            await page.click("a:has-text('End Users')")
+            add = page.locator("section", has_text="Add end user")
+            await add.locator("input[name=username]").fill("carol")
+            await add.locator("input[name=password]").fill("pw-carol-12")
+            await add.locator("input[name=profile]").fill("nurses")
+            await page.click("button:has-text('Add end user')")
+            assert "nurses" in await page.inner_text("table")
+
+            carol = await ctx.store.signin.get_user_by_name("carol")
+            await ctx.signin.register_device(
+                carol,
+                "iphone-7",
+                DeviceRegistration(Platform.IOS, "APNS", "cd" * 32, bytes(32), "k"),
+            )
+            await page.click("a:has-text('Devices')")
+            row = await page.inner_text("tbody tr")
+            assert "carol" in row and "iphone-7" in row and "active" in row
+            shots = tmp_path / "screenshots"
+            shots.mkdir()
+            await page.screenshot(path=str(shots / "devices.png"), full_page=True)
+        finally:
+            await browser.close()
+    _keep_artifacts(shots)

@@ -9,7 +9,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from ucpush.sip.server import SipNode
 from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import SipURI
-from ucpush.store import Store, open_store
+from ucpush.store import Store
 from ucpush.store.repository import Binding
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,18 +85,6 @@ class Peer:
 def _node_flow(node: SipNode, transport: str) -> Flow:
     host, port = node.transport.local[transport]
     return Flow(transport, host, port)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    s = await open_store("sqlite+aiosqlite:///:memory:")
-    yield s
-    await s.close()
 
 
 async def start_node(

@@ -109,7 +109,7 @@ def test_our_routes_are_popped_both_after_double_record_route(core):
     assert core.preprocess_routes(request, CALLER).popped
     assert request.headers.get_all("Route") == ["<sip:pbx.example.net;lr>"]
     forward = core.forward(request, Target(request.uri), CALLER, record_route=False)
-    assert forward.hop == Hop("UDP", "pbx.example.net", 5060)
+    assert forward.hop == Hop("UDP", "pbx.example.net", 5060, False, False)  # NAPTR/SRV
     assert str(forward.request.uri) == "sip:bob@example.org"
 
 
@@ -189,7 +189,7 @@ def test_ack_is_forwarded_with_a_stable_branch(core):
     core.preprocess_routes(ack, CALLER)
     one, two = core.stateless(ack, CALLER), core.stateless(ack, CALLER)
     assert one.branch == two.branch
-    assert one.hop == Hop("UDP", "203.0.113.5", 5060)
+    assert one.hop == Hop("UDP", "203.0.113.5", 5060, False, False)
 
 
 def test_stray_response_pops_our_via_only(core):

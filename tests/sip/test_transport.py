@@ -223,13 +223,13 @@ def _uri(text: str) -> SipURI:
 @pytest.mark.parametrize(
     ("uri", "hop"),
     [
-        ("sip:bob@192.0.2.1", Hop("UDP", "192.0.2.1", 5060)),
+        ("sip:bob@192.0.2.1", Hop("UDP", "192.0.2.1", 5060, False, False)),
         ("sip:bob@192.0.2.1:5070;transport=tcp", Hop("TCP", "192.0.2.1", 5070)),
-        ("sip:bob@example.org;transport=TLS", Hop("TLS", "example.org", 5061)),
-        ("sips:bob@example.org", Hop("TLS", "example.org", 5061)),
+        ("sip:bob@example.org;transport=TLS", Hop("TLS", "example.org", 5061, False)),
+        ("sips:bob@example.org", Hop("TLS", "example.org", 5061, False)),
         ("sips:bob@example.org:7000;transport=tcp", Hop("TLS", "example.org", 7000)),
-        ("sip:bob@example.org;maddr=192.0.2.9", Hop("UDP", "192.0.2.9", 5060)),
-        ("sip:[2001:db8::1]:5080", Hop("UDP", "2001:db8::1", 5080)),
+        ("sip:bob@example.org;maddr=192.0.2.9", Hop("UDP", "192.0.2.9", 5060, False, False)),
+        ("sip:[2001:db8::1]:5080", Hop("UDP", "2001:db8::1", 5080, True, False)),
     ],
 )
 def test_next_hop(uri, hop):

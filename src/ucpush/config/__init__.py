@@ -98,6 +98,8 @@ class SipSettings(Section):
     max_expires: int = Field(3600, ge=121)
     push_providers: list[str] = ["apns", "fcm"]
     invite_timeout: float = Field(180.0, gt=0, description="seconds (Timer C)")
+    # RFC 3263 NAPTR/SRV lookups go to these ("ip" or "ip:port"); empty = /etc/resolv.conf.
+    dns_servers: list[str] = []
     max_message_size: int = Field(65535, ge=1500, le=1 << 20)
     # Bindings live in memory and are written to the store behind the 2xx, in one transaction
     # per this many ms (a crash loses at most that window); 0 = written before the 2xx.

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from ucpush.sip.helpers import build_cancel, make_response, new_tag
@@ -499,6 +499,23 @@ class ForkContext:
             return []
         forward = self._branch(target)
         return [forward] if forward is not None else self._check_done()
+
+    def reroute(self, branch_id: str, flow: Flow) -> Forward | None:
+        """The branch's request rebuilt for ``flow`` (DNS chose another transport than the
+        URI implied), same branch id; None when this proxy has no such transport."""
+        branch = self.branches.get(branch_id)
+        if branch is None or branch.final is not None:
+            return None
+        target = replace(branch.target, flow=flow)
+        record_route = self.core.needs_record_route(self.request)
+        try:
+            forward = self.core.forward(
+                self.request, target, self.arrival, record_route=record_route, branch=branch_id
+            )
+        except RequestError:
+            return None
+        branch.forward = forward
+        return forward
 
     def release(self) -> list[ProxyAction]:
         """Call push stops holding: the fork answers as usual once its branches are done."""

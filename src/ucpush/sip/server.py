@@ -54,7 +54,15 @@ from ucpush.sip.registrar import (
     canonical_aor,
     push_params_match,
 )
-from ucpush.sip.resolve import Flow, Hop, format_host, next_hop, numeric_flow, resolve
+from ucpush.sip.resolve import (
+    Flow,
+    Hop,
+    dns_resolver,
+    format_host,
+    next_hop,
+    numeric_flow,
+    resolve,
+)
 from ucpush.sip.transaction import (
     ClientTransaction,
     ServerInviteTransaction,
@@ -162,6 +170,7 @@ class SipNode:
         self._cancelled: set[int] = set()  # server txs CANCELled while a lookup was pending
         self._gateway_registers: dict[int, SipRequest] = {}  # id(context) -> REGISTER as received
         self._held_calls: dict[int, HeldCall] = {}  # id(context) -> its call push
+        self._dns = dns_resolver(settings.dns_servers)
 
     # life cycle
 
@@ -592,13 +601,21 @@ class SipNode:
         self, ctx: ForkContext, tx: ServerTransaction, action: Forward
     ) -> None:
         try:
-            flows = await resolve(action.hop)
+            flows = await resolve(action.hop, self._dns)
         except OSError:
             flows = []
         if not flows:
             self._branch_failed(ctx, tx, action.branch, 503)
             return
-        self._start_branch(ctx, tx, action, flows[0])
+        flow = flows[0]
+        if flow.transport != action.hop.transport:
+            # NAPTR chose the transport: Via and Record-Route must name that one.
+            rerouted = ctx.reroute(action.branch, flow)
+            if rerouted is None:
+                self._branch_failed(ctx, tx, action.branch, 503)
+                return
+            action = replace(rerouted, hop=replace(rerouted.hop, host=action.hop.host))
+        self._start_branch(ctx, tx, action, flow)
 
     def _start_branch(
         self, ctx: ForkContext, tx: ServerTransaction, action: Forward, flow: Flow
@@ -652,7 +669,8 @@ class SipNode:
 
     async def _send_resolved(self, message: SipRequest, hop: Hop) -> None:
         with contextlib.suppress(OSError):
-            flows = await resolve(hop)
+            # The ACK's Via is built for the hop's transport: only flows of that one do.
+            flows = [f for f in await resolve(hop, self._dns) if f.transport == hop.transport]
             if flows:
                 self.driver.send_stateless(message, flows[0], server_name=hop.host)
 

@@ -21,6 +21,7 @@ Targets (issue 7): ≥ 500 pushes/s, p99 < 20 ms. Results: table on stdout,
 ``bench/results/chat_push.md`` and ``.json``.
 
     .venv/bin/python bench/chat_push.py [--rates 100,500] [--seconds 6] [--users 50]
+        [--relay-connections 100,8]
 """
 
 from __future__ import annotations
@@ -149,11 +150,10 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         stack = relay_stack(tmp, len(users))
         async with (
             stack as (sim_url, relay_url, voucher),
-            RelayClient(
-                relay_url, (await RelayClient.enroll(relay_url, voucher, "bench")).refresh_token
-            ) as relay,
             await open_store(f"sqlite+aiosqlite:///{tmp / 'node.db'}") as store,
         ):
+            refresh_token = (await RelayClient.enroll(relay_url, voucher, "bench")).refresh_token
+            current: dict[str, RelayClient] = {}
             await add_devices(store, users)
             secret_file = tmp / "component-secret"
             secret_file.write_text(server.component_secret)
@@ -171,7 +171,7 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
             done: list[PushDone] = []
             async with run_chat_push(
-                settings, store, lambda: relay, on_push_done=done.append
+                settings, store, lambda: current["relay"], on_push_done=done.append
             ) as chat:
                 for user in users:  # enable push, then sign off: messages go offline + push
                     phone = Client(server, user, f"phone-{user}")
@@ -182,12 +182,20 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 sender = await Client(server, "sender", "load").start()
                 await asyncio.sleep(0.5)
                 rows = []
-                for rate in args.rates:
-                    row = await one_rate(rate, args, users, server, sender, sim_url, done)
-                    # The baseline in the same run: the relay alone at the same offered rate.
-                    clear(sim_url)
-                    row["baseline"] = await relay_alone(relay, row["messages"], rate, len(users))
-                    rows.append(row)
+                # httpx scans its whole HTTP/1.1 pool on every request, so the RelayClient's
+                # pool size matters: each size is measured (100 is RelayClient's default).
+                for pool in args.relay_connections:
+                    async with RelayClient(relay_url, refresh_token, max_connections=pool) as relay:
+                        current["relay"] = relay
+                        for rate in args.rates:
+                            row = await one_rate(rate, args, users, server, sender, sim_url, done)
+                            row["relay_connections"] = pool
+                            # The baseline in the same run: the relay alone, same offered rate.
+                            clear(sim_url)
+                            row["baseline"] = await relay_alone(
+                                relay, row["messages"], rate, len(users)
+                            )
+                            rows.append(row)
                 await sender.close()
     return {"users": args.users, "seconds": args.seconds, "rows": rows}
 
@@ -286,7 +294,7 @@ async def relay_alone(
 def report(result: dict[str, Any]) -> None:
     table = Table(title="chat push: Prosody → component → relay → APNs simulator, same run")
     columns = (
-        "offered msg/s", "pushes", "chat push/s", "receive→accepted p50 / p99 ms",
+        "relay pool", "offered msg/s", "pushes", "chat push/s", "receive→accepted p50 / p99 ms",
         "component own p50 / p99 ms", "relay alone push/s", "relay alone p50 / p99 ms",
         "push/s vs relay alone", "p50 vs relay alone",
     )  # fmt: skip
@@ -296,6 +304,7 @@ def report(result: dict[str, Any]) -> None:
     for row in result["rows"]:
         base = row["baseline"]
         cells = [
+            str(row["relay_connections"]),
             f"{row['rate']:g}",
             f"{row['delivered']}/{row['messages']}",
             f"{row['pushes_per_s']:.0f}",
@@ -324,6 +333,7 @@ def report(result: dict[str, Any]) -> None:
         "push-enabled users), the component in the bench process, the relay and the APNs "
         "simulator as their own processes.",
         "",
+        "*relay pool*: `RelayClient(max_connections=...)` of the component and the baseline. "
         "*receive→accepted*: publish received on the component until the relay answered. "
         "*component own*: publish received until the push request started (HMAC check, "
         "device lookup, rules). *relay alone*: the same number of pushes offered at the same "
@@ -334,7 +344,10 @@ def report(result: dict[str, Any]) -> None:
         *lines,
         "",
         "Publish outcomes: "
-        + "; ".join(f"{row['rate']:g}/s {row['outcomes']}" for row in result["rows"])
+        + "; ".join(
+            f"pool {row['relay_connections']}, {row['rate']:g}/s {row['outcomes']}"
+            for row in result["rows"]
+        )
         + ".",
         "",
     ]
@@ -351,6 +364,12 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument(
+        "--relay-connections",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[100, 8],
+        help="RelayClient pool sizes, comma-separated",
+    )
     args = parser.parse_args()
     configure_logging(LogSettings(level="warning"))  # one log line per push would dominate
     with tempfile.TemporaryDirectory() as tmp:

@@ -205,3 +205,14 @@ def test_windowed_counters_reset_every_60_seconds() -> None:
 )
 def test_service_labels(service: str, label: str) -> None:
     assert service_label(service) == label
+
+
+def test_chat_settings_need_a_component_jid_when_enabled() -> None:
+    from pydantic import ValidationError
+
+    from ucpush.config import ChatSettings
+
+    with pytest.raises(ValidationError, match="component_jid"):
+        ChatSettings(enabled=True)
+    assert ChatSettings(component_jid="push.example.org").user_domain == "example.org"
+    assert ChatSettings(component_jid="push.a.b", domain="c.d").user_domain == "c.d"

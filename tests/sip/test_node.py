@@ -10,6 +10,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import trustme
 
 from tests.sip.sipp_harness import free_port
 from ucpush.config import SipSettings
+from ucpush.sip.digest import MD5, SHA256, compute_ha1, compute_response
 from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
 from ucpush.sip.proxy import CallControl, HeldCall
@@ -27,7 +29,7 @@ from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import SipURI
 from ucpush.store import Store
-from ucpush.store.repository import Binding
+from ucpush.store.repository import Binding, SipUser
 
 pytestmark = pytest.mark.timeout(30)
 DOMAIN = "example.org"
@@ -537,3 +539,70 @@ async def test_ucpush_serve_runs_and_stops(tmp_path):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_outbound_proxy_use_needs_proxy_authentication(store, tmp_path, ca):
+    """Out-of-dialog requests routed elsewhere are relayed for our users only: 407, then the
+    digest answer; our credentials do not travel on."""
+    now = datetime.now(UTC)
+    await store.sip.add_user(
+        SipUser(
+            f"sip:alice@{DOMAIN}",
+            "alice",
+            DOMAIN,
+            compute_ha1("alice", DOMAIN, "pw", MD5),
+            compute_ha1("alice", DOMAIN, "pw", SHA256),
+            now,
+        )
+    )
+    node = await start_node(store, tmp_path, ca, authenticate=True, realm=DOMAIN)
+    caller, far = Peer(), Peer()
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    await far.transport.listen_udp("127.0.0.1", 0)
+    far_host, far_port = far.transport.local["UDP"]
+    route = f"<sip:{far_host}:{far_port};transport=udp;lr>"
+
+    def invite(authorization: str | None = None) -> SipRequest:
+        headers = [("Route", route)]
+        if authorization is not None:
+            headers.append(("Proxy-Authorization", authorization))
+        return caller.request("INVITE", "sip:dave@elsewhere.example", "UDP", headers=headers)
+
+    def answer(challenge: SipResponse, password: str) -> str:
+        params = dict(
+            p.strip().split("=", 1)
+            for p in challenge.headers.get("Proxy-Authenticate")[7:].split(",")
+        )
+        nonce = params["nonce"].strip('"')
+        response = compute_response(
+            compute_ha1("alice", DOMAIN, password, SHA256),
+            SHA256,
+            method="INVITE",
+            uri="sip:dave@elsewhere.example",
+            nonce=nonce,
+            qop="auth",
+            nc="00000001",
+            cnonce="c0ffee",
+        )
+        return (
+            f'Digest username="alice", realm="{DOMAIN}", nonce="{nonce}", '
+            f'uri="sip:dave@elsewhere.example", response="{response}", algorithm=SHA-256, '
+            'qop=auth, nc=00000001, cnonce="c0ffee"'
+        )
+
+    try:
+        caller.transport.send(invite(), _node_flow(node, "UDP"))
+        challenge = await caller.response(100)
+        assert challenge.status == 407 and challenge.headers.get("Proxy-Authenticate")
+        caller.transport.send(invite(answer(challenge, "wrong")), _node_flow(node, "UDP"))
+        assert (await caller.response(100)).status == 407
+        caller.transport.send(invite(answer(challenge, "pw")), _node_flow(node, "UDP"))
+        forwarded, flow = await far.next()
+        assert isinstance(forwarded, SipRequest) and forwarded.method == "INVITE"
+        assert forwarded.headers.get("Proxy-Authorization") is None
+        far.transport.send(make_response(forwarded, 486, to_tag="far"), flow)
+        assert (await caller.response(100)).status == 486
+    finally:
+        for peer in (caller, far):
+            await peer.transport.close()
+        await node.close()

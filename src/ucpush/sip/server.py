@@ -24,7 +24,14 @@ from typing import Any
 from ucpush.config import SipSettings
 from ucpush.crypto.secretfile import load_or_create_secret
 from ucpush.logging import get_logger
-from ucpush.sip.digest import DigestAuth
+from ucpush.sip.digest import (
+    MD5,
+    SHA256,
+    DigestAuth,
+    DigestCredentials,
+    DigestParseError,
+    parse_credentials,
+)
 from ucpush.sip.driver import TransactionDriver, via_flow
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.helpers import make_response, new_tag
@@ -72,7 +79,7 @@ from ucpush.sip.transaction import (
 )
 from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import URI, SipURI, parse_uri
-from ucpush.store.repository import Binding
+from ucpush.store.repository import Binding, NotFound
 
 log = get_logger(__name__)
 
@@ -149,6 +156,7 @@ class SipNode:
         if settings.mode == "gateway":
             registrar_config = _GATEWAY_REGISTRAR
             auth = None  # the upstream authenticates its users
+        self._auth = auth  # also challenges requests routed elsewhere (407)
         self.registrar = RegistrarService(
             Registrar(registrar_config, auth),
             self.bindings,
@@ -295,7 +303,13 @@ class SipNode:
         routed = self.core.preprocess_routes(request, flow)
         gateway = self.settings.mode == "gateway"
         if request.headers.get("Route"):
-            self._fork(request, tx, flow, [Target(request.uri)])  # loose routing
+            if self._auth is not None and request.to.tag is None:
+                # Out of a dialog and routed elsewhere: only our users may use us as their
+                # outbound proxy (or anyone could relay calls through us).
+                work = self._authorized_fork(request, tx, flow, self._auth)
+                self._spawn(self._guarded(tx, request, work))
+            else:
+                self._fork(request, tx, flow, [Target(request.uri)])  # loose routing
         elif request.method == "REGISTER" and gateway:
             self._relay_register(request, tx, flow)
         elif request.method == "REGISTER":
@@ -318,6 +332,61 @@ class SipNode:
             self._fork(request, tx, flow, [Target(request.uri, routes=(self._upstream_route(),))])
         else:
             raise RequestError(404, "Domain not served here")
+
+    async def _authorized_fork(
+        self, request: SipRequest, tx: ServerTransaction, flow: Flow, auth: DigestAuth
+    ) -> None:
+        """RFC 3261 §22.3: 407 until the request carries Proxy-Authorization for our realm
+        from one of our users, whose own credentials are then removed before forwarding."""
+        now = datetime.now(UTC)
+        creds: DigestCredentials | None = None
+        for value in request.headers.get_all("Proxy-Authorization"):
+            try:
+                parsed = parse_credentials(value)
+            except DigestParseError:
+                continue
+            if parsed.realm == auth.realm:
+                creds, ours = parsed, value
+                break
+        if creds is None:
+            self._challenge(tx, request, auth, now)
+            return
+        try:
+            user = await self.bindings.get_user(creds.username, creds.realm)
+        except NotFound:
+            self._challenge(tx, request, auth, now)  # as for a wrong password
+            return
+        verdict = auth.verify(
+            creds,
+            method=request.method,
+            request_uri=str(request.uri),
+            ha1={MD5: user.ha1_md5, SHA256: user.ha1_sha256},
+            now=now,
+        )
+        if not verdict.ok:
+            self.bindings.forget_user(creds.username, creds.realm)
+            self._challenge(tx, request, auth, now, stale=verdict.stale)
+            return
+        if self._was_cancelled(tx):
+            return
+        values = [v for v in request.headers.get_all("Proxy-Authorization") if v != ours]
+        request.headers.remove("Proxy-Authorization")
+        for value in values:
+            request.headers.add("Proxy-Authorization", value)  # other realms' are not ours
+        self._fork(request, tx, flow, [Target(request.uri)])
+
+    def _challenge(
+        self,
+        tx: ServerTransaction,
+        request: SipRequest,
+        auth: DigestAuth,
+        now: datetime,
+        *,
+        stale: bool = False,
+    ) -> None:
+        self._cancelled.discard(id(tx))
+        headers = auth.challenge(now, stale=stale, proxy=True)
+        self.driver.respond(tx, make_response(request, 407, to_tag=new_tag(), headers=headers))
 
     def _answer_self(self, request: SipRequest, tx: ServerTransaction) -> None:
         """A request addressed to the node itself: OPTIONS is a liveness probe (phones and

@@ -121,8 +121,18 @@ async def test_a_flood_of_publishes_is_throttled_and_the_service_keeps_running(
     other, other_secret = chat.registration("ipad-2")
     await add_device(chat.stack, "ipad-2")
     assert await answer(chat, client, publish(other, other_secret, summary)) == ("result", "")
-    # Garbage on the component's own stream does not stop it either.
     assert chat.running.component.connected_event.is_set()
+
+
+async def test_wrong_secrets_cannot_use_up_a_nodes_rate(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    summary = form("urn:xmpp:push:summary", message_count="1")
+    forged = await asyncio.gather(
+        *(answer(chat, client, publish(node, "guess", summary)) for _ in range(40))
+    )
+    assert set(forged) == {("auth", "forbidden")}
+    assert await answer(chat, client, publish(node, secret, summary)) == ("result", "")
 
 
 async def test_disco_shows_a_push_app_server(chat: Chat) -> None:

@@ -122,6 +122,13 @@ class ChatPushService:
         received = loop.time()
         if not self._from_our_server(sender):
             raise StanzaError(ErrorType.AUTH, "forbidden", "publisher not allowed")
+        if publish.secret is None or not secret_matches(
+            self.node_key, publish.node, publish.secret
+        ):
+            INVALID_TARGET.inc()
+            # Checked first, without touching the node's state: whoever guesses node names
+            # learns nothing and cannot use up a real registration's rate.
+            raise StanzaError(ErrorType.AUTH, "forbidden", "wrong or missing secret")
         if self._in_flight >= self.settings.max_in_flight or not self._take_token(
             publish.node, received
         ):
@@ -153,13 +160,6 @@ class ChatPushService:
         return self._done(PushDone(publish.node, True, received, loop.time(), outcome.value, sent))
 
     async def _device(self, publish: Publish) -> Device:
-        if publish.secret is None or not secret_matches(
-            self.node_key, publish.node, publish.secret
-        ):
-            INVALID_TARGET.inc()
-            self._forget(publish.node)
-            # Checked before the store: an unknown node and a wrong secret look the same.
-            raise StanzaError(ErrorType.AUTH, "forbidden", "wrong or missing secret")
         try:
             device = await self.directory.get_device(publish.node)
         except NotFound:
@@ -293,7 +293,7 @@ class ChatPushService:
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
         if bucket.tokens < 1.0:
-            self.counters.errors.inc(self._known.get(node, ""))
+            self.counters.errors.inc(self._known.get(node, "unknown"))
             return False
         bucket.tokens -= 1.0
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from xml.etree import ElementTree
 
 import httpx
@@ -187,6 +188,20 @@ async def test_device_register_list_rotate_delete(
     assert sessions.closed[-1] == (alice_id, "iphone-1", "device deleted")
     answer = await client.delete("/v1/devices/iphone-1", headers=bearer(token))
     assert answer.status_code == 404
+
+
+async def test_a_dead_token_stays_paused_until_a_new_one_is_registered(
+    service: SigninService, client: httpx.AsyncClient
+) -> None:
+    await provision(service)
+    token = (await sign_in(client))["access_token"]
+    await register(client, token)
+    # What call push does on a 410 from the provider.
+    await service.repo.set_push_state("iphone-1", PushState.PAUSED_INVALID_TOKEN, datetime.now(UTC))
+    again = await register(client, token)  # the app re-registers the same token
+    assert again["push_state"] == "paused-invalid-token"
+    renewed = await register(client, token, push_token="cd" * 32)
+    assert renewed["push_state"] == "active"
 
 
 @pytest.mark.parametrize(

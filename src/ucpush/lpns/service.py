@@ -27,7 +27,7 @@ from typing import Protocol
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ucpush.alarms import raise_alarm
+from ucpush.alarms import clear_alarm, raise_alarm
 from ucpush.config import LpnsSettings
 from ucpush.logging import get_logger
 from ucpush.lpns import metrics
@@ -151,6 +151,7 @@ class LpnsService:
         except OSError as exc:
             raise_alarm("LocalPushStartFailed", "ALERT", error=str(exc))
             raise
+        clear_alarm("LocalPushStartFailed")
         self._recheck = asyncio.get_running_loop().create_task(self._recheck_forever())
         _log.info("lpns listening", url=self.url)
 
@@ -359,6 +360,7 @@ class LpnsService:
                 # One session per device: the newest connection wins (clean reconnect).
                 self._end(previous, CLOSE_REPLACED, "409 replaced by a newer session")
             self._by_device[device_id] = conn
+            clear_alarm(_INVALID_TOKEN_ALARM, device_id=device_id)
             _log.info("lpns session opened", device_id=device_id, ssid=ssid)
         return actions
 

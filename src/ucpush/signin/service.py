@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from ucpush.alarms import clear_alarm
 from ucpush.config import Settings
 from ucpush.crypto.secretfile import load_or_create_secret
 from ucpush.lpns.session import (
@@ -250,6 +251,14 @@ class SigninService:
             push_state=PushState.ACTIVE,
             updated_at=now,
         )
+        dead_token = (
+            old is not None
+            and old.push_state is PushState.PAUSED_INVALID_TOKEN
+            and old.push_token == reg.push_token
+        )
+        if dead_token:
+            # The provider said this token is gone (410): pushes resume with a new one only.
+            fields["push_state"] = PushState.PAUSED_INVALID_TOKEN
         if old is None:
             device = Device(id=device_id, user_id=user.id, created_at=now, **fields)
         elif old.push_key_id == reg.push_key_id:
@@ -270,6 +279,8 @@ class SigninService:
             # Local push is iOS only: a device re-registered as Android keeps no session.
             self._close(user=user.id, device=device_id, reason="device re-registered")
         await self.repo.put_device(device)
+        if not dead_token:
+            clear_alarm("PushNotificationInvalidDeviceTokenResponse", device_id=device_id)
         return device
 
     async def list_devices(self, user: EndUser) -> list[Device]:

@@ -52,6 +52,7 @@ class Recording:
         self.repository = repository
         self.batches: list[tuple[list[Binding], list[str]]] = []
         self.user_reads = 0
+        self.pages = 0
         self.fail = False
 
     async def get_users(self, keys: Sequence[tuple[str, str]]) -> list[SipUser]:
@@ -62,6 +63,10 @@ class Recording:
 
     async def list_bindings(self, aor: str | None = None) -> list[Binding]:
         return await self.repository.list_bindings(aor)
+
+    async def list_bindings_page(self, after: str = "", limit: int = 5000) -> list[Binding]:
+        self.pages += 1
+        return await self.repository.list_bindings_page(after, limit)
 
     async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None:
         self.batches.append((upsert, remove))
@@ -374,5 +379,32 @@ async def test_a_failing_user_query_fails_its_waiters_only_once(
         assert [type(r) for r in results] == [ConnectionError, ConnectionError]
         repo.fail = False  # nothing was cached: the next REGISTER reads again
         assert await cache.get_user("alice", "example.org") == alice()
+    finally:
+        await cache.close()
+
+
+async def test_loads_in_pages(
+    store: Store, repo: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(location, "LOAD_PAGE", 3)
+    await store.sip.apply_bindings([binding(n, f"sip:u{n}@example.org") for n in range(7)], [])
+    cache = await started(repo)
+    try:
+        assert len(await cache.list_bindings()) == 7
+        assert repo.pages == 4  # 3 + 3 + 1, then an empty page
+    finally:
+        await cache.close()
+
+
+async def test_bindings_without_vendor_parameters_share_one_empty_mapping(
+    repo: Recording,
+) -> None:
+    cache = await started(repo)
+    try:
+        await cache.save_bindings(AOR, [binding(1), binding(2, pn_extra={"pn-x": "1"})], [])
+        await cache.save_bindings("sip:bob@example.org", [binding(3, "sip:bob@example.org")], [])
+        (two, one), (three,) = await cache.lookup(AOR), await cache.lookup("sip:bob@example.org")
+        assert one.pn_extra is three.pn_extra and one.pn_extra == {}
+        assert two.pn_extra == {"pn-x": "1"}
     finally:
         await cache.close()

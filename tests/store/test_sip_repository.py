@@ -248,3 +248,12 @@ async def test_get_users_in_one_query(sip: SqlSipRepository) -> None:
     assert found[0] == user(found[0].username)
     assert await sip.get_users([]) == []
     assert await sip.get_users([("alice", "other.example")]) == [user("alice", "other.example")]
+
+
+async def test_list_bindings_page(sip: SqlSipRepository) -> None:
+    for n in (3, 1, 2, 5, 4):
+        await sip.add_binding(binding(n))
+    assert [b.id for b in await sip.list_bindings_page(limit=2)] == ["b1", "b2"]
+    assert [b.id for b in await sip.list_bindings_page("b2", 2)] == ["b3", "b4"]
+    assert await sip.list_bindings_page("b4", 2) == [binding(5)]
+    assert await sip.list_bindings_page("b5") == []

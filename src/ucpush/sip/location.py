@@ -47,13 +47,16 @@ from ucpush.store.repository import Binding, NotFound, SipUser
 log = get_logger(__name__)
 
 FLUSH_RETRY_SECONDS = 1.0
+LOAD_PAGE = 5000
+# Shared by every binding without vendor pn-* parameters (most of them); never mutated.
+_NO_EXTRA: dict[str, str] = {}
 
 
 class BindingStore(Protocol):
     """What the cache needs of ``SqlSipRepository``."""
 
     async def get_users(self, keys: Sequence[tuple[str, str]]) -> list[SipUser]: ...
-    async def list_bindings(self, aor: str | None = None) -> list[Binding]: ...
+    async def list_bindings_page(self, after: str = "", limit: int = 5000) -> list[Binding]: ...
     async def save_bindings(self, aor: str, upsert: list[Binding], remove: list[str]) -> None: ...
     async def apply_bindings(self, upsert: Sequence[Binding], remove: Sequence[str]) -> None: ...
 
@@ -75,6 +78,7 @@ def compact(binding: Binding) -> Binding:
         pn_param=intern(binding.pn_param),
         user_agent=intern(binding.user_agent),
         path=tuple(intern(p) for p in binding.path),
+        pn_extra=binding.pn_extra or _NO_EXTRA,
     )
 
 
@@ -115,9 +119,12 @@ class LocationCache:
     async def start(self) -> None:
         """Load every binding (expired ones too: the sweep reports them) and start writing."""
         count = 0
-        for binding in await self.store.list_bindings():
-            self._aors.setdefault(binding.aor, {})[binding.id] = compact(binding)
-            count += 1
+        after = ""
+        while page := await self.store.list_bindings_page(after, LOAD_PAGE):
+            for binding in page:
+                self._aors.setdefault(binding.aor, {})[binding.id] = compact(binding)
+            count += len(page)
+            after = page[-1].id
         log.info("sip.location.loaded", bindings=count, aors=len(self._aors))
         if self.flush_interval > 0:
             self._writer = asyncio.get_running_loop().create_task(self._write_behind())

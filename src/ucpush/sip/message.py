@@ -215,6 +215,8 @@ def _key(name: str) -> str:
 
 
 _KEYS = {name: name.lower() for name in _KNOWN}
+_ESSENTIAL_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+_ESSENTIAL_TYPED = frozenset({"vias", "from", "to", "cseq"})
 # SipMessage's typed cache entries and the header each is parsed from.
 _TYPED_FROM = {
     "vias": "via",
@@ -725,6 +727,19 @@ class SipRequest(SipMessage):
     def copy(self) -> SipRequest:
         out = SipRequest(self.method, self.uri, self.headers.copy(), self.body)
         out._adopt_cache(self)
+        return out
+
+    def essentials(self) -> SipRequest:
+        """The request with only Via, From, To, Call-ID and CSeq (what answering it needs),
+        no body: a finished UDP transaction keeps it for 32 s (Timer J), and at thousands of
+        requests a second whole requests would cost hundreds of megabytes."""
+        out = SipRequest(self.method, self.uri)
+        out.headers._items = [i for i in self.headers._items if i[0] in _ESSENTIAL_HEADERS]
+        cache = self._cache
+        if cache.get("") is self.headers and cache[" v"] == self.headers._version:
+            out._cache = {k: v for k, v in cache.items() if k in _ESSENTIAL_TYPED}
+            out._cache[""] = out.headers
+            out._cache[" v"] = out.headers._version
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -359,6 +359,10 @@ class ServerNonInviteTransaction(Transaction):
             self.state = State.PROCEEDING
             return out
         self.state = State.COMPLETED
+        if not self.reliable:
+            # Timer J keeps us 64*T1 for retransmissions, which need the response and the
+            # Via it goes back by, not the rest of the request.
+            self.request = self.request.essentials()
         return self._wait_or_terminate(out, "J", 0 if self.reliable else 64 * self.timers.t1)
 
     def timer_fired(self, name: str) -> list[Action]:

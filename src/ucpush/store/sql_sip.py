@@ -92,6 +92,17 @@ class SqlSipRepository(SqlRepositoryBase):
             query = query.where(sip_bindings.c.aor == aor)
         return [_binding(r) for r in await self._all(query)]
 
+    async def list_bindings_page(self, after: str = "", limit: int = 5000) -> list[Binding]:
+        """Up to ``limit`` bindings with ids above ``after``, by id: loads everything in
+        pages (a location cache holding 100,000 bindings must not also hold 100,000 rows)."""
+        query = (
+            sip_bindings.select()
+            .where(sip_bindings.c.id > after)
+            .order_by(sip_bindings.c.id)
+            .limit(limit)
+        )
+        return [_binding(r) for r in await self._all(query)]
+
     async def get_binding(self, binding_id: str) -> Binding:
         row = await self._one(
             sip_bindings.select().where(sip_bindings.c.id == binding_id), "binding"

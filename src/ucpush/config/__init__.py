@@ -237,6 +237,26 @@ class AlarmSettings(Section):
     upload_batch_bytes: int = Field(12000, ge=2048, le=1 << 20)
 
 
+class ClusterSettings(Section):
+    """Several nodes sharing one PostgreSQL store and one Redis (docs/cluster.md)."""
+
+    enabled: bool = False
+    # This node's name in node groups and in Redis; empty = the host name. Unique per node.
+    node_name: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and channel, so several clusters can share one Redis.
+    key_prefix: str = "ucpush"
+    heartbeat_seconds: float = Field(1.0, gt=0)
+    failure_timeout: float = Field(3.0, gt=0, description="seconds without a heartbeat")
+    relogin_rate: float = Field(4.0, gt=0, description="sign-ins/s after a failover")
+
+    @model_validator(mode="after")
+    def _timeout_longer(self) -> ClusterSettings:
+        if self.failure_timeout <= self.heartbeat_seconds:
+            raise ValueError("failure_timeout must be longer than heartbeat_seconds")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="UCPUSH_",
@@ -257,6 +277,7 @@ class Settings(BaseSettings):
     chat: ChatSettings = ChatSettings()
     cloud: CloudSettings = CloudSettings()
     admin: AdminSettings = AdminSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("data_dir")
     @classmethod

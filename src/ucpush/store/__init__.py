@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
     from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
-
+    from ucpush.cluster.sql import SqlClusterRepository
     from ucpush.store.sql import SqlRelayRepository
     from ucpush.store.sql_signin import SqlSigninRepository
     from ucpush.store.sql_sip import SqlSipRepository
@@ -40,6 +40,7 @@ class Store:
     admins: SqlAdminRepository  # users of the node's admin page and API
     alarms: SqlAlarmRepository  # the nodes' alarms and upload settings
     tenant_alarms: SqlTenantAlarmRepository  # relay: alarms tenants uploaded
+    cluster: SqlClusterRepository  # node groups and device pools (docs/cluster.md)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -68,6 +69,7 @@ async def open_store(url: str) -> Store:
     # start-up) do not load SQLAlchemy and Alembic.
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
     from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
+    from ucpush.cluster.sql import SqlClusterRepository
     from ucpush.store.migrate import upgrade
     from ucpush.store.sql import SqlRelayRepository, create_engine
     from ucpush.store.sql_signin import SqlSigninRepository
@@ -88,4 +90,5 @@ async def open_store(url: str) -> Store:
         admins=SqlAdminRepository(engine),
         alarms=SqlAlarmRepository(engine),
         tenant_alarms=SqlTenantAlarmRepository(engine),
+        cluster=SqlClusterRepository(engine),
     )

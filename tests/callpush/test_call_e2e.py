@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.signin.helpers import PUSH_KEY
-from tests.sip.sipp_harness import SIPP, start_sipp
-from tests.support.callstack import BUNDLE, FCM_PROJECT, TEAM_ID, CallStack, call_stack
+from tests.sip.sipp_harness import DOMAIN, SIPP, free_port, start_sipp
+from tests.support.callstack import BUNDLE, FCM_PROJECT, TEAM_ID, UCPUSH, CallStack, call_stack
 from ucpush.callpush.payload import PUBLIC_KEY
 from ucpush.crypto import jwe
 
@@ -30,8 +32,15 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallStack]:
-    with call_stack(tmp_path_factory.mktemp("call-e2e")) as running:
+def pbx_port() -> int:
+    """Where the node's upstream PBX (a SIPp UAS when a test needs it) listens."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pbx_port: int) -> Iterator[CallStack]:
+    upstream = f'upstream = "sip:127.0.0.1:{pbx_port};transport=udp"\n'
+    with call_stack(tmp_path_factory.mktemp("call-e2e"), sip_toml=upstream) as running:
         yield running
 
 
@@ -333,3 +342,60 @@ async def test_unacknowledged_local_push_falls_back_to_apns(stack: CallStack) ->
         await call.succeeded()
     finally:
         await ws.close()
+
+
+# mobility identity and external presentation
+
+
+def callpush_cli(stack: CallStack, *args: str) -> None:
+    subprocess.run(
+        [*UCPUSH, "--config", str(stack.base / "node.toml"), "callpush", "profile", "set", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+async def counter(stack: CallStack, name: str) -> float:
+    async with httpx.AsyncClient(base_url=stack.api) as api:
+        text = (await api.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + "_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_unanswered_call_extends_to_the_mobility_identity(
+    stack: CallStack, pbx_port: int
+) -> None:
+    user = stack.user()
+    token = token_for(user)
+    await register_apns(stack, user, token)
+    await stack.sign_in_device(user, f"{user}-iphone", push_token=token, pn_prid=token)
+    callpush_cli(stack, f"sip:{user}@{DOMAIN}", "--mobility", "+15550199")
+    callpush_cli(
+        stack,
+        f"sip:caller@{DOMAIN}",
+        "--presentation-name",
+        "Example Corp",
+        "--presentation-number",
+        "+15550100",
+    )
+    try:
+        before = await counter(stack, "MobilityPushNotificationCallsExtendedToMIDueToTimeout")
+        await background_device(stack, user, apns_params(token))
+        pbx = await start_sipp(stack.base, "device_answers.xml", "u1", None, port=pbx_port)
+        started = time.monotonic()
+        call = await caller(stack, user, "caller_extended.xml")
+        await call.succeeded()  # 180 at 5 s, then the mobility identity answers
+        assert 12.5 <= time.monotonic() - started <= 16.0
+        await pbx.succeeded()
+        pushes = await until(
+            lambda: _when(stack.apns_deliveries(token), lambda d: len(d) == 2), within=5
+        )
+        first, second = (apns_fields(p) for p in pushes)
+        assert (first["caller_name"], first["caller_number"]) == ("Example Corp", "+15550100")
+        assert second["type"] == "cancel" and second["reason"] == "extended-to-mobility"
+        after = await counter(stack, "MobilityPushNotificationCallsExtendedToMIDueToTimeout")
+        assert after == before + 1
+    finally:
+        callpush_cli(stack, f"sip:caller@{DOMAIN}")  # other tests see the caller's own id

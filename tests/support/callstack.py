@@ -38,7 +38,7 @@ UCPUSH = [sys.executable, "-m", "ucpush"]
 TEAM_ID, KEY_ID = "E2ETEAM001", "E2EKEY0001"
 BUNDLE = "org.ucpush.e2e"
 FCM_PROJECT = "ucpush-e2e"
-USERS = [f"u{i}" for i in range(1, 11)]
+USERS = [f"u{i}" for i in range(1, 17)]
 
 
 @contextmanager

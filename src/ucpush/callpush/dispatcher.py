@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import httpx
@@ -55,6 +55,9 @@ from ucpush.sip.proxy import CallControl as ProxyCallControl
 from ucpush.sip.registrar import BindingEvent, BindingRemoved, canonical_aor
 from ucpush.sip.uri import SipURI, parse_name_addr
 from ucpush.store.repository import Binding, Device, Platform, PushState
+
+if TYPE_CHECKING:
+    from ucpush.callpush.profiles import CallProfile
 
 _log = get_logger("ucpush.callpush")
 _INVALID_TOKEN_ALARM = "PushNotificationInvalidDeviceTokenResponse"
@@ -422,6 +425,12 @@ def invite_summary(
     )
 
 
+class CallProfiles(Protocol):
+    """Where per-AOR call settings come from (``ucpush.callpush.profiles``)."""
+
+    async def get_many(self, aors: Collection[str]) -> Mapping[str, CallProfile]: ...
+
+
 class DeviceDirectory(Protocol):
     async def call_devices(
         self, bindings: Sequence[Binding]
@@ -603,15 +612,13 @@ class CallPushHandler:
         directory: DeviceDirectory,
         *,
         config: CallPushConfig | None = None,
-        mobility: Mapping[str, str] | None = None,
-        presentation: Mapping[str, tuple[str, str]] | None = None,
+        profiles: CallProfiles | None = None,
         push_sent_option: str | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.directory = directory
         self.config = config
-        self.mobility = dict(mobility or {})  # callee AOR → mobility number
-        self.presentation = dict(presentation or {})  # caller AOR → (name, number)
+        self.profiles = profiles  # callee's mobility identity, caller's presentation
         self.push_sent_option = push_sent_option
         self._calls: dict[str, set[CallRun]] = {}
 
@@ -632,10 +639,12 @@ class CallPushHandler:
             caller = canonical_aor(request.from_.uri)
         except ValueError:
             caller = ""
+        found = await self.profiles.get_many({aor, caller} - {""}) if self.profiles else {}
+        callee_profile, caller_profile = found.get(aor), found.get(caller)
         invite = invite_summary(
             request,
-            mobility_number=self.mobility.get(aor, ""),
-            presentation=self.presentation.get(caller, ("", "")),
+            mobility_number=callee_profile.mobility_number if callee_profile else "",
+            presentation=caller_profile.presentation if caller_profile else ("", ""),
             push_sent_option=self.push_sent_option,
         )
         return _CallHook(self, aor, invite, pairs)

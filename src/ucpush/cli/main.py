@@ -11,6 +11,7 @@ import typer
 from ucpush import __version__
 from ucpush.admin.cli import admin_app, onboarding_app, service_app
 from ucpush.alarms.cli import app as alarms_app
+from ucpush.callpush.cli import app as callpush_app
 from ucpush.chat.cli import app as chat_app
 from ucpush.cli.common import settings_from
 from ucpush.relay.cli import app as relay_app
@@ -38,6 +39,7 @@ app.add_typer(signin_app, name="signin", help="End users, devices and client con
 app.add_typer(db_app, name="db", help="Database schema.")
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(chat_app, name="chat")
+app.add_typer(callpush_app, name="callpush")
 app.add_typer(onboarding_app, name="onboarding")
 app.add_typer(admin_app, name="admin")
 app.add_typer(service_app, name="service")

@@ -73,6 +73,7 @@ def call_push_handler(
         dispatcher,
         SigninDirectory(store.signin),
         config=config,
+        profiles=store.call_profiles,
         push_sent_option=c.push_sent_option or None,
     )
 

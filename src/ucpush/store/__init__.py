@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
+    from ucpush.callpush.profiles import SqlCallProfiles
     from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
     from ucpush.cluster.sql import SqlClusterRepository
     from ucpush.store.sql import SqlRelayRepository
@@ -41,6 +42,7 @@ class Store:
     alarms: SqlAlarmRepository  # the nodes' alarms and upload settings
     tenant_alarms: SqlTenantAlarmRepository  # relay: alarms tenants uploaded
     cluster: SqlClusterRepository  # node groups and device pools (docs/cluster.md)
+    call_profiles: SqlCallProfiles  # mobility identities and external presentation
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -68,6 +70,7 @@ async def open_store(url: str) -> Store:
     # Imported here so that components needing only the records in ``repository`` (and CLI
     # start-up) do not load SQLAlchemy and Alembic.
     from ucpush.alarms.store import SqlAlarmRepository, SqlTenantAlarmRepository
+    from ucpush.callpush.profiles import SqlCallProfiles
     from ucpush.cloud.sql import SqlAdminRepository, SqlCloudRepository
     from ucpush.cluster.sql import SqlClusterRepository
     from ucpush.store.migrate import upgrade
@@ -91,4 +94,5 @@ async def open_store(url: str) -> Store:
         alarms=SqlAlarmRepository(engine),
         tenant_alarms=SqlTenantAlarmRepository(engine),
         cluster=SqlClusterRepository(engine),
+        call_profiles=SqlCallProfiles(engine),
     )

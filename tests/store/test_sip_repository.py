@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -257,3 +257,29 @@ async def test_list_bindings_page(sip: SqlSipRepository) -> None:
     assert [b.id for b in await sip.list_bindings_page("b2", 2)] == ["b3", "b4"]
     assert await sip.list_bindings_page("b4", 2) == [binding(5)]
     assert await sip.list_bindings_page("b5") == []
+
+
+async def test_batched_rows_compare_like_single_ones(sip: SqlSipRepository) -> None:
+    """Times written by the batch path order and expire exactly like add_binding's (SQLite
+    compares them as text), whole seconds and other offsets included."""
+    whole = T0.replace(microsecond=0)
+    plus_two = timezone(timedelta(hours=2))
+    await sip.add_binding(binding(1, expires_at=whole, updated_at=whole))
+    await sip.apply_bindings(
+        [
+            binding(2, expires_at=whole, updated_at=whole.astimezone(plus_two)),
+            binding(3, expires_at=whole + timedelta(microseconds=1), purr_issued_at=None),
+            binding(4, expires_at=whole - timedelta(microseconds=1), pnsreg=False, q=None),
+        ],
+        [],
+    )
+    assert await sip.get_binding("b2") == binding(2, expires_at=whole, updated_at=whole)
+    assert await sip.get_binding("b3") == binding(
+        3, expires_at=whole + timedelta(microseconds=1), purr_issued_at=None
+    )
+    gone = await sip.remove_expired(whole)
+    assert [b.id for b in gone] == ["b1", "b2", "b4"]
+    assert gone[2] == binding(4, expires_at=whole - timedelta(microseconds=1), pnsreg=False, q=None)
+    # Refused either way (SQLAlchemy wraps it in a StatementError on PostgreSQL).
+    with pytest.raises(Exception, match="naive datetime"):
+        await sip.apply_bindings([binding(5, expires_at=datetime(2026, 1, 1))], [])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,41 @@ from ucpush.store.sql import SqlRepositoryBase, sip_bindings, sip_users
 # Bound parameters per ... IN (...): under SQLite's default limit of 32,766 and far under
 # PostgreSQL's 65,535.
 _IDS_PER_DELETE = 500
+
+
+_COLUMNS = [c.name for c in sip_bindings.c]
+_SQLITE_UPSERT = (
+    f"INSERT INTO sip_bindings ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "id")
+)
+_DATETIMES = frozenset({"expires_at", "updated_at", "purr_issued_at"})
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    """As ``UTCDateTime`` stores it on SQLite: naive UTC in SQLAlchemy's text format (rows are
+    compared as text, so the format must be exactly that one)."""
+    if value is None:
+        return None
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_row(binding: Binding) -> tuple[Any, ...]:
+    row: list[Any] = []
+    for name in _COLUMNS:
+        value = getattr(binding, name)
+        if name in _DATETIMES:
+            value = _sqlite_datetime(value)
+        elif name == "path":
+            value = json.dumps(list(value))
+        elif name == "pn_extra":
+            value = json.dumps(dict(value))
+        elif name == "pnsreg":
+            value = int(value)
+        row.append(value)
+    return tuple(row)
 
 
 def _binding_values(binding: Binding) -> dict[str, Any]:
@@ -160,8 +196,13 @@ class SqlSipRepository(SqlRepositoryBase):
             for start in range(0, len(remove), _IDS_PER_DELETE):
                 chunk = list(remove[start : start + _IDS_PER_DELETE])
                 await conn.execute(sa.delete(sip_bindings).where(sip_bindings.c.id.in_(chunk)))
-            if upsert:
-                # One executemany for the whole batch.
+            if not upsert:
+                return
+            if self._engine.dialect.name == "sqlite":
+                # The driver's executemany with rows made here: SQLAlchemy's per-value type
+                # processing cost more than SQLite's own work on a write-behind batch.
+                await conn.exec_driver_sql(_SQLITE_UPSERT, [_sqlite_row(b) for b in upsert])
+            else:
                 await conn.execute(self._upsert_statement(), [_binding_values(b) for b in upsert])
 
     def _upsert_statement(self) -> Any:

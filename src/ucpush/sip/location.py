@@ -42,14 +42,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ucpush.logging import get_logger
+from ucpush.sip.registrar import NO_PN_EXTRA
 from ucpush.store.repository import Binding, NotFound, SipUser
 
 log = get_logger(__name__)
 
 FLUSH_RETRY_SECONDS = 1.0
 LOAD_PAGE = 5000
-# Shared by every binding without vendor pn-* parameters (most of them); never mutated.
-_NO_EXTRA: dict[str, str] = {}
 
 
 class BindingStore(Protocol):
@@ -70,6 +69,14 @@ def compact(binding: Binding) -> Binding:
     of each domain-wide value (AOR domain part aside, these are the same for most devices of an
     app: provider, topic, transport, user agent, host of a NAT or edge proxy)."""
     intern = sys.intern
+    if (
+        binding.user_agent is intern(binding.user_agent)
+        and binding.source_host is intern(binding.source_host)
+        and binding.pn_param is intern(binding.pn_param)
+        and not binding.path
+        and (binding.pn_extra or NO_PN_EXTRA) is binding.pn_extra
+    ):
+        return binding  # as the registrar makes them: nothing to share further
     return replace(
         binding,
         source_transport=intern(binding.source_transport),
@@ -78,7 +85,7 @@ def compact(binding: Binding) -> Binding:
         pn_param=intern(binding.pn_param),
         user_agent=intern(binding.user_agent),
         path=tuple(intern(p) for p in binding.path),
-        pn_extra=binding.pn_extra or _NO_EXTRA,
+        pn_extra=binding.pn_extra or NO_PN_EXTRA,
     )
 
 

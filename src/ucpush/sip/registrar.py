@@ -20,8 +20,10 @@ and, on a timer, ``await service.sweep(now)`` (expired bindings) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import secrets
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +49,8 @@ from ucpush.store.repository import Binding, NotFound, SipUser
 # RFC 8599 §5.5: the refresh push is RECOMMENDED at least 120 s before the binding expires.
 PUSH_REFRESH_LEAD = 120
 SUPPORTED_OPTIONS = frozenset({"path", "outbound"})
+# pn_extra of every binding without vendor pn-* parameters (most): one object, never mutated.
+NO_PN_EXTRA: dict[str, str] = {}
 _PN_CORE = ("pn-provider", "pn-prid", "pn-param")
 # PNS types whose pushes cannot be addressed without pn-param (RFC 8599 §9: APNs topic, FCM
 # project).
@@ -166,6 +170,11 @@ class _Reject(Exception):
         self.headers = list(headers)
 
 
+# A stored contact is compared with each REGISTER of its AOR: parse each one once (URIs are
+# immutable). Bounded, so contacts that come and go cannot grow it.
+_stored_uri = functools.lru_cache(maxsize=8192)(parse_uri)
+
+
 def canonical_aor(uri: URI) -> str:
     """RFC 3261 §10.3 step 5: URI parameters dropped, user unescaped, host lower-cased.
     sips: and sip: name the same AOR."""
@@ -243,13 +252,31 @@ class Registrar:
             raise ValueError("the digest realm must be the registrar's realm")
         self.config = config
         self.auth = auth
+        self._last_credentials: tuple[
+            SipRequest | None, DigestCredentials | DigestParseError | None
+        ] = (None, None)
 
     # authentication
 
     def _credentials(self, request: SipRequest) -> DigestCredentials | None:
         """Our realm's credentials (RFC 3261 §22.4: a request may carry one set per realm);
         None when there are none. Raises DigestParseError when nothing usable is there but
-        something malformed is."""
+        something malformed is. The last request's answer is kept: ``auth_user_key`` and
+        ``handle`` both ask for it."""
+        last_request, last = self._last_credentials
+        if last_request is request:
+            if isinstance(last, DigestParseError):
+                raise last
+            return last
+        try:
+            creds = self._parse_credentials(request)
+        except DigestParseError as exc:
+            self._last_credentials = (request, exc)
+            raise
+        self._last_credentials = (request, creds)
+        return creds
+
+    def _parse_credentials(self, request: SipRequest) -> DigestCredentials | None:
         error: DigestParseError | None = None
         for value in request.headers.get_all("Authorization"):
             try:
@@ -447,7 +474,7 @@ class Registrar:
             if b.instance_id:
                 continue
             try:
-                if req.contact.uri.equivalent(parse_uri(b.contact)):
+                if req.contact.uri.equivalent(_stored_uri(b.contact)):
                     return b
             except SipParseError:
                 continue
@@ -555,15 +582,16 @@ class Registrar:
             reg_id=req.reg_id,
             q=req.contact.q,
             path=path,
-            source_transport=source.transport,
-            source_host=source.host,
+            # Interned: shared by the many bindings of one app, transport or edge proxy.
+            source_transport=sys.intern(source.transport),
+            source_host=sys.intern(source.host),
             source_port=source.port,
-            pn_provider=pn.get("pn-provider", ""),
+            pn_provider=sys.intern(pn.get("pn-provider", "")),
             pn_prid=pn.get("pn-prid", ""),
-            pn_param=pn.get("pn-param", ""),
-            pn_extra={k: v for k, v in pn.items() if k not in _PN_CORE},
+            pn_param=sys.intern(pn.get("pn-param", "")),
+            pn_extra={k: v for k, v in pn.items() if k not in _PN_CORE} or NO_PN_EXTRA,
             pnsreg=req.pnsreg,
-            user_agent=user_agent,
+            user_agent=sys.intern(user_agent),
         )
 
     def _with_purr(self, binding: Binding, previous: Binding | None, now: datetime) -> Binding:

@@ -629,17 +629,21 @@ class CallPushHandler:
         self, request: SipRequest, aor: str, bindings: Sequence[tuple[Binding, bool]]
     ) -> _CallHook | None:
         reachable = {binding.id: live for binding, live in bindings}
-        pairs = [
-            (replace(device, reachable=reachable[device.binding.id]), target)
-            for device, target in await self.directory.call_devices([b for b, _ in bindings])
-        ]
-        if not pairs:
-            return None  # every device paused or signed out: no push
         try:
             caller = canonical_aor(request.from_.uri)
         except ValueError:
             caller = ""
-        found = await self.profiles.get_many({aor, caller} - {""}) if self.profiles else {}
+        # Both lookups at once: the push waits for them.
+        devices, found = await asyncio.gather(
+            self.directory.call_devices([b for b, _ in bindings]),
+            self._profiles({aor, caller} - {""}),
+        )
+        pairs = [
+            (replace(device, reachable=reachable[device.binding.id]), target)
+            for device, target in devices
+        ]
+        if not pairs:
+            return None  # every device paused or signed out: no push
         callee_profile, caller_profile = found.get(aor), found.get(caller)
         invite = invite_summary(
             request,
@@ -648,6 +652,9 @@ class CallPushHandler:
             push_sent_option=self.push_sent_option,
         )
         return _CallHook(self, aor, invite, pairs)
+
+    async def _profiles(self, aors: set[str]) -> Mapping[str, CallProfile]:
+        return await self.profiles.get_many(aors) if self.profiles is not None else {}
 
     def on_binding_event(self, event: BindingEvent) -> None:
         if isinstance(event, BindingRemoved):

@@ -122,6 +122,9 @@ class LpnsService:
         self._by_device: dict[str, _Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._recheck: asyncio.Task[None] | None = None
+        # Told (device id, True) when a device's session opens here and (device id, False) when
+        # it ends: the cluster's local push mesh (ucpush.cluster) keeps every node informed.
+        self.on_session: Callable[[str, bool], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: LpnsSettings, authorizer: Authorizer) -> LpnsService:
@@ -285,6 +288,8 @@ class LpnsService:
         grant = conn.session.grant
         if grant is not None and self._by_device.get(grant.device_id) is conn:
             del self._by_device[grant.device_id]
+            if self.on_session is not None:
+                self.on_session(grant.device_id, False)
         for future in conn.pending.values():
             if not future.done():
                 future.set_result(LocalPushResult(LocalPushOutcome.ERROR, "session closed"))
@@ -360,6 +365,8 @@ class LpnsService:
                 # One session per device: the newest connection wins (clean reconnect).
                 self._end(previous, CLOSE_REPLACED, "409 replaced by a newer session")
             self._by_device[device_id] = conn
+            if self.on_session is not None:
+                self.on_session(device_id, True)
             clear_alarm(_INVALID_TOKEN_ALARM, device_id=device_id)
             _log.info("lpns session opened", device_id=device_id, ssid=ssid)
         return actions

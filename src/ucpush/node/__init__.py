@@ -17,6 +17,7 @@ from ucpush.callpush.dispatcher import CallPushHandler, PushDispatcher, SigninDi
 from ucpush.callpush.engine import CallPushConfig
 from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
 from ucpush.cloud.connection import CloudConnection
+from ucpush.cluster.node import join_cluster
 from ucpush.config import Settings
 from ucpush.logging import configure_logging, get_logger
 from ucpush.lpns.service import LpnsService
@@ -109,6 +110,8 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
                 )
             )
             admin = await stack.enter_async_context(run_admin(settings, store, signin, cloud=cloud))
+            if settings.cluster.enabled:  # several nodes as one: docs/cluster.md
+                await stack.enter_async_context(join_cluster(settings, store, sip, lpns, calls))
         except Exception as exc:
             raise_alarm("StartFailed", error=str(exc) or type(exc).__name__)
             raise

@@ -307,3 +307,14 @@ class LocationCache:
             if self._failing:
                 self._failing = False
                 log.info("sip.location.flush_recovered", pending=len(self._pending))
+
+    # cluster (ucpush.cluster)
+
+    def replace_from_cluster(self, aor: str, bindings: Sequence[Binding]) -> None:
+        """Hold ``bindings`` as the AOR's whole set: what another node of the cluster has just
+        registered. Memory only, nothing queued: that node writes its own changes to the store,
+        so this node sees them before that node's write-behind flush (docs/cluster.md)."""
+        if bindings:
+            self._aors[aor] = {b.id: compact(b) for b in bindings}
+        else:
+            self._aors.pop(aor, None)

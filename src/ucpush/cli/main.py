@@ -14,6 +14,7 @@ from ucpush.alarms.cli import app as alarms_app
 from ucpush.callpush.cli import app as callpush_app
 from ucpush.chat.cli import app as chat_app
 from ucpush.cli.common import settings_from
+from ucpush.cluster.cli import app as cluster_app
 from ucpush.relay.cli import app as relay_app
 from ucpush.signin.cli import app as signin_app
 from ucpush.sim.cli import app as sim_app
@@ -40,6 +41,7 @@ app.add_typer(db_app, name="db", help="Database schema.")
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(chat_app, name="chat")
 app.add_typer(callpush_app, name="callpush")
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(onboarding_app, name="onboarding")
 app.add_typer(admin_app, name="admin")
 app.add_typer(service_app, name="service")

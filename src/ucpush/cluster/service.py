@@ -67,6 +67,18 @@ def active_member(group: NodeGroup, live: dict[str, Member]) -> Member | None:
     return None
 
 
+async def live_members(client: aioredis.Redis, key_prefix: str) -> dict[str, Member]:
+    """Every node of the cluster with a live heartbeat, by name."""
+    keys = [k async for k in client.scan_iter(f"{key_prefix}:node:*", count=100)]
+    values = await client.mget(keys) if keys else []
+    live = {}
+    for value in values:
+        if value is not None:  # expired between the scan and the read
+            member = Member(**json.loads(value))
+            live[member.name] = member
+    return live
+
+
 # bindings on the wire
 
 
@@ -210,14 +222,7 @@ class ClusterService:
 
     async def members(self) -> dict[str, Member]:
         """Every node with a live heartbeat, by name."""
-        keys = [k async for k in self.redis.scan_iter(self._node_key + "*", count=100)]
-        values = await self.redis.mget(keys) if keys else []
-        live = {}
-        for value in values:
-            if value is not None:
-                member = Member(**json.loads(value))
-                live[member.name] = member
-        return live
+        return await live_members(self.redis, self.settings.key_prefix)
 
     # shared bindings
 

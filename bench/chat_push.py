@@ -6,7 +6,7 @@ simulator and the relay as their own processes (as bench/relay_throughput.py sta
 and the chat push component in this process with the slixmpp clients. ``--users`` users
 each enable push from a phone and sign off, so every message sent to them is stored offline
 and published to the app server (Prosody's ``mod_cloud_notify`` pushes each offline
-message). A sender then sends messages round-robin at each of ``--rates`` per second for
+message). A sender process then sends messages round-robin at each of ``--rates`` per second for
 ``--seconds``.
 
 Measured in the same run:
@@ -21,7 +21,7 @@ Targets (issue 7): ≥ 500 pushes/s, p99 < 20 ms. Results: table on stdout,
 ``bench/results/chat_push.md`` and ``.json``.
 
     .venv/bin/python bench/chat_push.py [--rates 100,500] [--seconds 6] [--users 50]
-        [--relay-connections 100,8]
+        [--relay-connections 100]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))  # the chat server harness lives with the tests
 from tests.chat.phone import Client  # noqa: E402
 from tests.chat.servers import ChatServer, prosody  # noqa: E402
 
-from relay_throughput import clear, free_port, wait_http  # noqa: E402
+from relay_throughput import clear, cpu_seconds, free_port, wait_http  # noqa: E402
 from relay_throughput import delivered as sim_delivered  # noqa: E402
 from relay_throughput import setup as relay_setup  # noqa: E402
 from ucpush.chat import PushDone, registration_for, run_chat_push  # noqa: E402
@@ -179,8 +179,6 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     reg = registration_for(chat.service.node_key, server.component, reg_node(user))
                     await phone.enable_push(server.component, reg.node, reg.secret)
                     await phone.close()
-                sender = await Client(server, "sender", "load").start()
-                await asyncio.sleep(0.5)
                 rows = []
                 # httpx scans its whole HTTP/1.1 pool on every request, so the RelayClient's
                 # pool size matters: each size is measured (100 is RelayClient's default).
@@ -188,7 +186,7 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     async with RelayClient(relay_url, refresh_token, max_connections=pool) as relay:
                         current["relay"] = relay
                         for rate in args.rates:
-                            row = await one_rate(rate, args, users, server, sender, sim_url, done)
+                            row = await one_rate(rate, args, server, sim_url, done)
                             row["relay_connections"] = pool
                             # The baseline in the same run: the relay alone, same offered rate.
                             clear(sim_url)
@@ -196,34 +194,35 @@ async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                 relay, row["messages"], rate, len(users)
                             )
                             rows.append(row)
-                await sender.close()
     return {"users": args.users, "seconds": args.seconds, "rows": rows}
 
 
 async def one_rate(
     rate: float,
     args: argparse.Namespace,
-    users: list[str],
     server: ChatServer,
-    sender: Client,
     sim_url: str,
     done: list[PushDone],
 ) -> dict[str, Any]:
+    """Offer ``rate`` messages/s for ``args.seconds`` from a sender in its own process (so
+    its XMPP client does not share this process's CPU with the component)."""
     clear(sim_url)
     done.clear()
     total = int(rate * args.seconds)
-    start = time.perf_counter()
-    await paced(
-        total,
-        rate,
-        lambda n: sender.send_message(
-            mto=server.jid(users[n % len(users)]), mbody=f"m{n}", mtype="chat"
-        ),
-    )
+    cpu_before = time.process_time(), cpu_seconds(server.pid)
+    sender = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--send", str(server.c2s_port), f"{rate:g}",
+        str(total), str(args.users),
+    )  # fmt: skip
+    if await sender.wait() != 0:
+        raise RuntimeError("the sender failed")
     deadline = time.perf_counter() + 60
     while len(done) < total and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - start
+    elapsed = max(d.done_at for d in done) - min(d.received_at for d in done) if done else 0.0
+    # CPU per publish shows which process limits the rate on a shared machine.
+    own_cpu = (time.process_time() - cpu_before[0]) / max(1, len(done)) * 1e6
+    prosody_cpu = (cpu_seconds(server.pid) - cpu_before[1]) / max(1, len(done)) * 1e6
     pushed = [d for d in done if d.pushed]
     total_ms = [(d.done_at - d.received_at) * 1000 for d in pushed]
     own_ms = [(d.sent_at - d.received_at) * 1000 for d in pushed]
@@ -237,6 +236,8 @@ async def one_rate(
         "pushes_per_s": delivered / elapsed if elapsed else 0.0,
         "p50_ms": percentile(total_ms, 0.5),
         "p99_ms": percentile(total_ms, 0.99),
+        "component_cpu_us": own_cpu,
+        "prosody_cpu_us": prosody_cpu,
         "own_p50_ms": percentile(own_ms, 0.5),
         "own_p99_ms": percentile(own_ms, 0.99),
     }
@@ -266,15 +267,18 @@ async def relay_alone(
     latencies: list[float] = []
     tasks: list[asyncio.Task[None]] = []
 
+    slots = asyncio.Semaphore(ChatSettings().relay_concurrency)  # as the component does
+
     async def one(i: int) -> None:
         t0 = time.perf_counter()
-        result = await relay.send_encrypted(
-            target=token(i % devices),
-            service="APNS",
-            push_type=PushType.MESSAGE,
-            jwe_payload=payload,
-            tracking_id=uuid.uuid4().hex,
-        )
+        async with slots:
+            result = await relay.send_encrypted(
+                target=token(i % devices),
+                service="APNS",
+                push_type=PushType.MESSAGE,
+                jwe_payload=payload,
+                tracking_id=uuid.uuid4().hex,
+            )
         latencies.append((time.perf_counter() - t0) * 1000)
         if result.outcome is not Outcome.DELIVERED:
             raise RuntimeError(f"baseline push failed: {result}")
@@ -295,7 +299,8 @@ def report(result: dict[str, Any]) -> None:
     table = Table(title="chat push: Prosody → component → relay → APNs simulator, same run")
     columns = (
         "relay pool", "offered msg/s", "pushes", "chat push/s", "receive→accepted p50 / p99 ms",
-        "component own p50 / p99 ms", "relay alone push/s", "relay alone p50 / p99 ms",
+        "component own p50 / p99 ms", "component CPU µs/push", "Prosody CPU µs/push",
+        "relay alone push/s", "relay alone p50 / p99 ms",
         "push/s vs relay alone", "p50 vs relay alone",
     )  # fmt: skip
     for column in columns:
@@ -310,6 +315,8 @@ def report(result: dict[str, Any]) -> None:
             f"{row['pushes_per_s']:.0f}",
             f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f}",
             f"{row['own_p50_ms']:.2f} / {row['own_p99_ms']:.2f}",
+            f"{row['component_cpu_us']:.0f}",
+            f"{row['prosody_cpu_us']:.0f}",
             f"{base['pushes_per_s']:.0f}",
             f"{base['p50_ms']:.1f} / {base['p99_ms']:.1f}",
             f"{row['pushes_per_s'] / base['pushes_per_s']:.2f}",
@@ -336,8 +343,11 @@ def report(result: dict[str, Any]) -> None:
         "*relay pool*: `RelayClient(max_connections=...)` of the component and the baseline. "
         "*receive→accepted*: publish received on the component until the relay answered. "
         "*component own*: publish received until the push request started (HMAC check, "
-        "device lookup, rules). *relay alone*: the same number of pushes offered at the same "
-        "rate straight through `RelayClient`, measured right after.",
+        "device lookup, rules, waiting for one of the `relay_concurrency` slots). *relay "
+        "alone*: the same number of pushes offered at the same rate straight through "
+        "`RelayClient`, with the same concurrency limit, measured right after. *CPU µs/push*: "
+        "CPU time of the bench process (component and its relay client) and of Prosody per "
+        "publish.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---:|" * len(columns),
@@ -354,7 +364,25 @@ def report(result: dict[str, Any]) -> None:
     (RESULTS / "chat_push.md").write_text("\n".join(md))
 
 
+async def send_load(port: int, rate: float, total: int, users: int) -> None:
+    """The sender process: connect as ``sender`` and offer ``total`` messages at ``rate``."""
+    server = ChatServer("prosody", Path("."), port, 0, "", Path("."))
+    sender = await Client(server, "sender", "load").start()
+    await paced(
+        total,
+        rate,
+        lambda n: sender.send_message(
+            mto=server.jid(f"user{n % users}"), mbody=f"m{n}", mtype="chat"
+        ),
+    )
+    await sender.disconnect(wait=120)  # only once slixmpp's send queue has drained
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--send"]:
+        port, rate, total, users = sys.argv[2:6]
+        asyncio.run(send_load(int(port), float(rate), int(total), int(users)))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rates",
@@ -367,7 +395,7 @@ def main() -> None:
     parser.add_argument(
         "--relay-connections",
         type=lambda v: [int(n) for n in v.split(",")],
-        default=[100, 8],
+        default=[100],
         help="RelayClient pool sizes, comma-separated",
     )
     args = parser.parse_args()

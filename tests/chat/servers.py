@@ -58,6 +58,7 @@ class ChatServer:
     users: list[str] = field(default_factory=list)
     domain: str = DOMAIN
     component: str = COMPONENT
+    pid: int = 0
 
     def jid(self, user: str, resource: str | None = None) -> str:
         bare = f"{user}@{self.domain}"
@@ -115,6 +116,7 @@ def prosody(tmp: Path, users: list[str], *, hibernation: int = 600) -> Iterator[
         _wait_listening(server.c2s_port, proc, server.log_file, 15)
         _wait_listening(server.component_port, proc, server.log_file, 15)
         server.users = users
+        server.pid = proc.pid
         yield server
     finally:
         _stop(proc)

@@ -64,7 +64,7 @@ class PushDone:
     pushed: bool
     received_at: float  # loop clock, when the publish arrived
     done_at: float  # loop clock, when the relay answered (or the decision was made)
-    outcome: str  # relay outcome or "suppressed"
+    outcome: str  # relay outcome, "suppressed", or the XMPP error condition answered
     sent_at: float = 0.0  # loop clock, when the push request went to the relay
 
 
@@ -91,9 +91,13 @@ class ChatPushService:
     _buckets: dict[str, _Bucket] = field(init=False, default_factory=dict)
     _usernames: dict[str, str] = field(init=False, default_factory=dict)
     _in_flight: int = field(init=False, default=0)
+    # Pushes waiting here cost nothing; queued inside httpx's pool, every request rescans
+    # the queue (measured in bench/chat_push.py: throughput collapses under load).
+    _relay_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = LastActiveSessions(self.settings.inactive_after)
+        self._relay_slots = asyncio.Semaphore(self.settings.relay_concurrency)
 
     # call node and presence inputs
 
@@ -136,6 +140,10 @@ class ChatPushService:
         self._in_flight += 1
         try:
             return await self._publish(publish, received)
+        except StanzaError as error:
+            now = loop.time()
+            self._done(PushDone(publish.node, False, received, now, error.condition, now))
+            raise
         finally:
             self._in_flight -= 1
 
@@ -193,14 +201,15 @@ class ChatPushService:
             raise_alarm("XCPConfigMgrAccessTokenIsNull", "CRITICAL", node=device.id)
             raise StanzaError(ErrorType.WAIT, "service-unavailable", "push relay not onboarded")
         try:
-            result = await relay.send_encrypted(
-                target=device.push_token,
-                service=device.service,
-                push_type=kind,
-                jwe_payload=payload,
-                priority=Priority.NORMAL if silent else Priority.HIGH,
-                tracking_id=tracking_id,
-            )
+            async with self._relay_slots:
+                result = await relay.send_encrypted(
+                    target=device.push_token,
+                    service=device.service,
+                    push_type=kind,
+                    jwe_payload=payload,
+                    priority=Priority.NORMAL if silent else Priority.HIGH,
+                    tracking_id=tracking_id,
+                )
         except RelayAuthError as exc:
             self._failed(device)
             raise_alarm("PushNotificationFailedInvalidAccessToken", "CRITICAL", error=exc.error)

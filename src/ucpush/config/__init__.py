@@ -211,6 +211,8 @@ class ChatSettings(Section):
     node_rate: float = Field(5.0, gt=0, description="publishes/s per node")
     node_burst: int = Field(20, ge=1)
     max_in_flight: int = Field(1000, ge=1)
+    # Pushes sent to the relay at once; the rest wait their turn in the app server.
+    relay_concurrency: int = Field(32, ge=1, le=1000)
     reconnect_delay: float = Field(2.0, gt=0, description="seconds")
 
     @model_validator(mode="after")

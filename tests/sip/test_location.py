@@ -408,3 +408,32 @@ async def test_bindings_without_vendor_parameters_share_one_empty_mapping(
         assert two.pn_extra == {"pn-x": "1"}
     finally:
         await cache.close()
+
+
+async def test_sweep_drops_stale_accounts_and_unknown_names_are_bounded(
+    store: Store, repo: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    cache = await started(repo, user_ttl=60, clock=clock)
+    try:
+        await store.sip.add_user(alice())
+        await cache.get_user("alice", "example.org")
+        clock.now += 30
+        with pytest.raises(NotFound):
+            await cache.get_user("mallory", "example.org")
+        clock.now += 31  # alice's entry is 61 s old, mallory's 31 s
+        await cache.remove_expired(datetime.now(UTC))
+        reads = repo.user_reads
+        with pytest.raises(NotFound):
+            await cache.get_user("mallory", "example.org")  # still cached
+        assert repo.user_reads == reads
+        assert await cache.get_user("alice", "example.org") == alice()  # swept: read again
+        assert repo.user_reads == reads + 1
+
+        monkeypatch.setattr(location, "MAX_CACHED_USERS", 2)  # full: alice and mallory
+        for _ in range(2):
+            with pytest.raises(NotFound):
+                await cache.get_user("eve", "example.org")
+        assert repo.user_reads == reads + 3  # an unknown name past the cap is not kept
+    finally:
+        await cache.close()

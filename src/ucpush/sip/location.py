@@ -49,6 +49,7 @@ log = get_logger(__name__)
 
 FLUSH_RETRY_SECONDS = 1.0
 LOAD_PAGE = 5000
+MAX_CACHED_USERS = 200_000
 
 
 class BindingStore(Protocol):
@@ -192,7 +193,9 @@ class LocationCache:
                 by_key = {(u.username, u.realm): u for u in found}
                 for key, future in batch.items():
                     user = by_key.get(key)
-                    self._users[key] = (user, read_at)
+                    # Unknown names are attacker-chosen: cached only while the cache is small.
+                    if user is not None or len(self._users) < MAX_CACHED_USERS:
+                        self._users[key] = (user, read_at)
                     if not future.done():
                         future.set_result(user)
         finally:
@@ -233,7 +236,11 @@ class LocationCache:
             del self._aors[aor]
 
     async def remove_expired(self, now: datetime) -> list[Binding]:
-        """Drop every binding with ``expires_at <= now`` from memory (and, behind, the store)."""
+        """Drop every binding with ``expires_at <= now`` from memory (and, behind, the store).
+        Cached accounts past their ``user_ttl`` go too (this is the node's periodic sweep):
+        the cache holds the accounts in use, not every one ever seen."""
+        fresh_after = self._clock() - self.user_ttl
+        self._users = {k: v for k, v in self._users.items() if v[1] > fresh_after}
         gone: list[Binding] = []
         for aor in list(self._aors):
             held = self._aors[aor]

@@ -50,6 +50,8 @@ class RelaySettings(Section):
     access_token_ttl: int = Field(3600, ge=60, le=86400, description="seconds")
     voucher_ttl: int = Field(7 * 86400, ge=60, description="seconds")
     max_body_bytes: int = Field(16384, ge=1024)
+    # Processes serving the API on one port (SO_REUSEPORT); each has its own provider pools.
+    workers: int = Field(1, ge=1, le=64)
     apns_production_url: str = "https://api.push.apple.com"
     apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
     fcm_url: str = "https://fcm.googleapis.com"
@@ -165,6 +167,22 @@ class CallPushSettings(Section):
         return self
 
 
+class EdgeSettings(Section):
+    """Kamailio as the SIP edge (docs/kamailio.md): the node's ``/v1/edge`` API."""
+
+    enabled: bool = False
+    # Shared with Kamailio (push.cfg EDGE_SECRET): it sends it to us and we to its JSON-RPC.
+    secret: str = ""
+    kamailio_rpc_url: str = "http://127.0.0.1:5060/RPC"
+    rpc_timeout: float = Field(2.0, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _secret_set(self) -> EdgeSettings:
+        if self.enabled and len(self.secret) < 16:
+            raise ValueError("edge needs a secret of at least 16 characters")
+        return self
+
+
 class CloudSettings(Section):
     """The node's connection to its relay; onboarding state itself lives in the database."""
 
@@ -275,6 +293,7 @@ class Settings(BaseSettings):
     signin: SigninSettings = SigninSettings()
     lpns: LpnsSettings = LpnsSettings()
     callpush: CallPushSettings = CallPushSettings()
+    edge: EdgeSettings = EdgeSettings()
     alarms: AlarmSettings = AlarmSettings()
     chat: ChatSettings = ChatSettings()
     cloud: CloudSettings = CloudSettings()

@@ -19,6 +19,7 @@ from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
 from ucpush.cloud.connection import CloudConnection
 from ucpush.cluster.node import join_cluster
 from ucpush.config import Settings
+from ucpush.kamailio import edge_router
 from ucpush.logging import configure_logging, get_logger
 from ucpush.lpns.service import LpnsService
 from ucpush.metrics import metrics_router
@@ -100,6 +101,7 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
         )
         app = create_app(signin, max_body_bytes=api.max_body_bytes)
         app.include_router(metrics_router())
+        app.include_router(edge_router(settings.edge, calls))  # Kamailio edge, when enabled
         try:
             stack.push_async_callback(sip.close)
             await sip.start()

@@ -78,26 +78,52 @@ def wait_http(url: str, timeout: float = 30.0, http2: bool = False) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (the relay's workers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                children.append(int(entry.name))
+    return [pid, *children]
+
+
 class RssSampler(threading.Thread):
+    """Peak of the summed RSS of a process and its children."""
+
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.running = pid, 0, True
 
     def run(self) -> None:
         while self.running:
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            except FileNotFoundError:
-                return
+            total = 0
+            for pid in family(self.pid):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except FileNotFoundError:
+                    continue
+            self.peak_kb = max(self.peak_kb, total)
             time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children so far (/proc/<pid>/stat fields
+    14 and 15)."""
+    total = 0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -227,7 +253,13 @@ def main() -> None:
     parser.add_argument(
         "--only", type=int, metavar="N", help="one concurrency (e.g. to profile the relay)"
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="relay.workers values to measure, comma-separated (default: 1,2)",
+    )
     args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
     if not shutil.which("h2load"):
         sys.exit("h2load not found: install Debian package nghttp2-client (./dev does)")
     plan = (
@@ -264,23 +296,7 @@ def main() -> None:
                 "token": DEVICE, "topic": BUNDLE, "environment": "production"})  # fmt: skip
 
         voucher, _ = aio.run(setup(tmp, relay_port, p8_file))
-        relay_env = {
-            **env,
-            "UCPUSH_RELAY__PORT": str(relay_port),
-            "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
-            "UCPUSH_RELAY__APNS_CONNECTIONS": str(CONNECTIONS),
-        }
-        relay = subprocess.Popen([sys.executable, "-m", "ucpush", "relay", "serve"], env=relay_env)
-        procs.append(relay)
         relay_url = f"http://127.0.0.1:{relay_port}"
-        wait_http(f"{relay_url}/healthz")
-
-        async def credentials() -> str:
-            enrollment = await RelayClient.enroll(relay_url, voucher, "bench-cluster")
-            async with RelayClient(relay_url, enrollment.refresh_token) as client:
-                return await client.access_token()
-
-        access = aio.run(credentials())
         payload = jwe.encrypt(
             json.dumps({"callId": str(uuid.uuid4()), "caller": "Bench", "number": "1000"}).encode(),
             os.urandom(32),
@@ -290,31 +306,56 @@ def main() -> None:
             "target": DEVICE, "service": "APNS", "push_type": "voip",
             "tracking_id": "bench", "payload": payload}))  # fmt: skip
         apns_body = json.dumps({"aps": {}, "jwe": payload}, separators=(",", ":")).encode()
-
-        sampler = RssSampler(relay.pid)
-        sampler.start()
+        refresh: str | None = None
         results = []
-        for inflight, total in plan:
-            clear(sim_url)
-            sampler.peak_kb = 0
-            cpu_before = {name: cpu_seconds(p.pid) for name, p in (("relay", relay), ("sim", sim))}
-            r = through_relay(relay_url, access, body_file, total, inflight, tmp)
-            r["delivered"] = delivered(sim_url)
-            r["rss_mb"] = sampler.peak_kb / 1024
-            # CPU per push shows which process limits the rate on a shared machine.
-            for name, p in (("relay", relay), ("sim", sim)):
-                r[f"{name}_cpu_us"] = (cpu_seconds(p.pid) - cpu_before[name]) / total * 1e6
-            row = {"inflight": inflight, "pushes": total, "relay": r}
-            for kind in ("h2client", "httpx"):
+        for workers in worker_counts:
+            relay_env = {
+                **env,
+                "UCPUSH_RELAY__PORT": str(relay_port),
+                "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
+                "UCPUSH_RELAY__APNS_CONNECTIONS": str(CONNECTIONS),
+                "UCPUSH_RELAY__WORKERS": str(workers),
+            }
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "ucpush", "relay", "serve"], env=relay_env
+            )
+            procs.append(relay)
+            wait_http(f"{relay_url}/healthz")
+
+            async def credentials(refresh_token: str | None) -> tuple[str, str]:
+                if refresh_token is None:
+                    enrollment = await RelayClient.enroll(relay_url, voucher, "bench-cluster")
+                    refresh_token = enrollment.refresh_token
+                async with RelayClient(relay_url, refresh_token) as client:
+                    return refresh_token, await client.access_token()
+
+            refresh, access = aio.run(credentials(refresh))
+            sampler = RssSampler(relay.pid)
+            sampler.start()
+            for inflight, total in plan:
                 clear(sim_url)
-                d = aio.run(direct(kind, sim_url, private_pem, apns_body, total, inflight))
-                d["delivered"] = delivered(sim_url)
-                row[kind] = d
-            results.append(row)
-        sampler.running = False
+                sampler.peak_kb = 0
+                cpu_before = {n: cpu_seconds(p.pid) for n, p in (("relay", relay), ("sim", sim))}
+                r = through_relay(relay_url, access, body_file, total, inflight, tmp)
+                r["delivered"] = delivered(sim_url)
+                r["rss_mb"] = sampler.peak_kb / 1024
+                # CPU per push shows which process limits the rate on a shared machine.
+                for name, p in (("relay", relay), ("sim", sim)):
+                    r[f"{name}_cpu_us"] = (cpu_seconds(p.pid) - cpu_before[name]) / total * 1e6
+                row = {"workers": workers, "inflight": inflight, "pushes": total, "relay": r}
+                for kind in ("h2client", "httpx"):
+                    clear(sim_url)
+                    d = aio.run(direct(kind, sim_url, private_pem, apns_body, total, inflight))
+                    d["delivered"] = delivered(sim_url)
+                    row[kind] = d
+                results.append(row)
+            sampler.running = False
+            relay.send_signal(signal.SIGINT)
+            relay.wait(20)
     finally:
         for p in procs:
-            p.send_signal(signal.SIGINT)
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for p in procs:
             try:
                 p.wait(10)
@@ -324,7 +365,8 @@ def main() -> None:
 
     table = Table(title="relay throughput: APNs simulator, VoIP pushes, same run")
     columns = (
-        "in flight", "pushes", "relay push/s", "relay p50 ms", "relay p99 ms", "relay RSS MB",
+        "relay workers", "in flight", "pushes", "relay push/s", "relay p50 ms", "relay p99 ms",
+        "relay RSS MB",
         "relay CPU µs/push", "sim CPU µs/push",
         "direct h2 push/s", "direct h2 p99 ms", "httpx push/s", "httpx p99 ms",
         "relay/direct h2", "relay/httpx", "lost",
@@ -336,7 +378,8 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, load average before the run "
         f"{os.getloadavg()[0]:.1f}; simulator, relay and load generator share the machine.", "",
-        "relay: h2load (HTTP/1.1) -> relay /v1/push -> HTTP/2 -> APNs simulator. "
+        "relay: h2load (HTTP/1.1) -> relay /v1/push (relay.workers processes on one port) -> "
+        "HTTP/2 -> APNs simulator; relay CPU and RSS sum its processes. "
         "direct h2: the relay's own H2Client straight to the simulator; httpx: an httpx "
         f"HTTP/2 client straight to the simulator; {CONNECTIONS} connections each.", "",
         "| " + " | ".join(columns) + " |",
@@ -346,7 +389,8 @@ def main() -> None:
         r, h, x = res["relay"], res["h2client"], res["httpx"]
         lost = sum(res["pushes"] - part["delivered"] for part in (r, h, x))
         row = [
-            str(res["inflight"]), str(res["pushes"]), f"{r['rate']:.0f}", f"{r['p50_ms']:.1f}",
+            str(res["workers"]), str(res["inflight"]), str(res["pushes"]), f"{r['rate']:.0f}",
+            f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}", f"{r['rss_mb']:.0f}", f"{r['relay_cpu_us']:.0f}",
             f"{r['sim_cpu_us']:.0f}", f"{h['rate']:.0f}", f"{h['p99_ms']:.1f}",
             f"{x['rate']:.0f}", f"{x['p99_ms']:.1f}", f"{r['rate'] / h['rate']:.2f}",

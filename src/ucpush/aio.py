@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -29,11 +30,29 @@ class _Server(uvicorn.Server):
         yield
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket several processes can bind at once (SO_REUSEPORT: the kernel
+    spreads new connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_http(
-    app: Any, *, host: str, port: int, tls_cert: str = "", tls_key: str = ""
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    tls_cert: str = "",
+    tls_key: str = "",
+    reuse_port: bool = False,
 ) -> AsyncIterator[uvicorn.Server]:
-    """Serve an ASGI app with uvicorn in this event loop; yields once it accepts connections."""
+    """Serve an ASGI app with uvicorn in this event loop; yields once it accepts connections.
+    ``reuse_port``: share the port with other processes doing the same (worker processes)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -48,7 +67,8 @@ async def serve_http(
         lifespan="off",
     )
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
+    sockets = [reuse_port_socket(host, port)] if reuse_port else None
+    task = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             task.result()  # raises the startup error

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -73,23 +75,62 @@ def relay_main(ctx: typer.Context) -> None:
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Serve the relay's HTTP API until interrupted."""
-    from ucpush.relay.server import run_relay
-
+    """Serve the relay's HTTP API until interrupted (``relay.workers`` processes)."""
     settings = settings_from(ctx)
     configure_logging(settings.log)
+    workers = settings.relay.workers
+    if workers > 1:
+        settings = _shared_port(settings)
+    spawn = multiprocessing.get_context("spawn")
+    children = [
+        spawn.Process(target=_worker, args=(settings.model_dump_json(),), daemon=True)
+        for _ in range(workers - 1)
+    ]
+    for child in children:
+        child.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            aio.run(_serve(settings, workers > 1, announce=True))
+    finally:
+        for child in children:
+            child.terminate()  # SIGTERM: each worker stops cleanly
+        for child in children:
+            child.join(10)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with run_relay(settings) as relay:
-            console.print(f"relay listening on [bold]{relay.url}[/] (Ctrl-C stops)", style="green")
-            await stop.wait()
 
+def _shared_port(settings: Settings) -> Settings:
+    """Workers must agree on the port (and so on the token issuer URL): fix it first."""
+    if settings.relay.port != 0:
+        return settings
+    with socket.socket() as probe:
+        probe.bind((settings.relay.host, 0))
+        port = probe.getsockname()[1]
+    return settings.model_copy(update={"relay": settings.relay.model_copy(update={"port": port})})
+
+
+def _worker(settings_json: str) -> None:
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log)
     with contextlib.suppress(KeyboardInterrupt):
-        aio.run(run())
+        aio.run(_serve(settings, True, announce=False))
+
+
+async def _serve(settings: Settings, reuse_port: bool, *, announce: bool) -> None:
+    from ucpush.relay.server import run_relay
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_relay(settings, reuse_port=reuse_port) as relay:
+        if announce:
+            workers = settings.relay.workers
+            console.print(
+                f"relay listening on [bold]{relay.url}[/] ({workers} worker"
+                f"{'s' if workers > 1 else ''}; Ctrl-C stops)",
+                style="green",
+            )
+        await stop.wait()
 
 
 @voucher_app.command("create")

@@ -47,10 +47,13 @@ async def build_service(settings: Settings, store: Store, url: str) -> RelayServ
 
 
 @contextlib.asynccontextmanager
-async def run_relay(settings: Settings, store: Store | None = None) -> AsyncIterator[RunningRelay]:
+async def run_relay(
+    settings: Settings, store: Store | None = None, *, reuse_port: bool = False
+) -> AsyncIterator[RunningRelay]:
     """Start the relay in this event loop; yields once it accepts connections.
 
     With ``relay.port = 0`` the kernel picks the port and ``public_url`` must be unset.
+    ``reuse_port``: one of several worker processes sharing ``relay.port``.
     """
     own_store = store is None
     store = store or await open_store(settings.store_url)
@@ -67,7 +70,12 @@ async def run_relay(settings: Settings, store: Store | None = None) -> AsyncIter
         service = await build_service(settings, store, url)
         app = create_app(service, url)
         async with serve_http(
-            app, host=relay.host, port=port, tls_cert=relay.tls_cert, tls_key=relay.tls_key
+            app,
+            host=relay.host,
+            port=port,
+            tls_cert=relay.tls_cert,
+            tls_key=relay.tls_key,
+            reuse_port=reuse_port,
         ) as server:
             try:
                 yield RunningRelay(service, url, app, server)

@@ -102,6 +102,9 @@ def binding(aor: str, bid: str, token: str = "tok") -> Binding:
         pn_prid=token,
         pn_param="TEAM.org.example.voip",
         pn_extra={"pn-x": "1"},
+        purr="p1",
+        purr_issued_at=NOW,
+        pnsreg=True,
     )
 
 

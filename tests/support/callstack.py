@@ -266,3 +266,92 @@ def new_voucher(relay_toml: Path) -> str:
         text=True,
         check=True,
     ).stdout.splitlines()[1]
+
+
+# several nodes as one cluster (issue 9)
+
+
+@dataclass
+class ClusterNode:
+    """One ``ucpush serve`` of a cluster stack."""
+
+    name: str
+    sip_udp: str
+    sip_tcp: str
+    api: str
+    lpns: str
+    config: Path
+    proc: subprocess.Popen[bytes]
+    key_prefix: str  # of its Redis keys: <key_prefix>:node:<name> is its heartbeat
+
+    @property
+    def sip_uri(self) -> str:
+        """What its pushes name as the node to register to (``active_node``)."""
+        return f"sip:{self.sip_tcp};transport=tcp"
+
+
+def _cluster_toml(name: str, store_url: str, key_prefix: str) -> str:
+    return (
+        f'[store]\nurl = "{store_url}"\n'
+        f'[cluster]\nenabled = true\nnode_name = "{name}"\nkey_prefix = "{key_prefix}"\n'
+        # Fast failure detection for tests: a killed node is out within about a second.
+        "heartbeat_seconds = 0.25\nfailure_timeout = 1.0\n"
+    )
+
+
+@contextmanager
+def cluster_stack(
+    base: Path,
+    *,
+    store_url: str,
+    key_prefix: str,
+    names: tuple[str, ...] = ("a", "b", "c"),
+    users: list[str] = USERS,
+) -> Iterator[tuple[CallStack, list[ClusterNode]]]:
+    """Sims, relay and one node process per name, sharing the PostgreSQL database
+    ``store_url``, Redis (keys under ``key_prefix``) and one data directory (the secret files
+    of a cluster). The ``CallStack`` describes the first node."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        first = _start_stack(base, procs, "", _cluster_toml(names[0], store_url, key_prefix), users)
+        nodes = [
+            ClusterNode(
+                names[0],
+                first.sip_udp,
+                first.sip_tcp,
+                first.api,
+                first.lpns,
+                base / "node.toml",
+                procs[-1],
+                key_prefix,
+            )
+        ]
+        for name in names[1:]:
+            udp, tcp, api_port, lpns_port = free_port(), free_port(), free_port(), free_port()
+            config = _write(
+                base / f"node-{name}.toml",
+                f'data_dir = "{base / "node"}"\n'
+                f'[sip]\ntransports = ["udp", "tcp"]\nudp_port = {udp}\ntcp_port = {tcp}\n'
+                f'domains = ["{DOMAIN}"]\ndigest_algorithms = ["MD5"]\n'
+                f"[signin]\nport = {api_port}\n[lpns]\nport = {lpns_port}\n[admin]\nport = 0\n"
+                + _cluster_toml(name, store_url, key_prefix),
+            )
+            log = base / f"node-{name}.log"
+            procs.append(_start(config, "serve", log=log))
+            api = f"http://127.0.0.1:{api_port}"
+            _wait_http(api + "/docs", procs[-1], log)
+            nodes.append(
+                ClusterNode(
+                    name,
+                    f"127.0.0.1:{udp}",
+                    f"127.0.0.1:{tcp}",
+                    api,
+                    f"ws://127.0.0.1:{lpns_port}/",
+                    config,
+                    procs[-1],
+                    key_prefix,
+                )
+            )
+        yield first, nodes
+    finally:
+        _stop(procs)

@@ -24,7 +24,7 @@ import json
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -82,23 +82,27 @@ async def live_members(client: aioredis.Redis, key_prefix: str) -> dict[str, Mem
 # bindings on the wire
 
 
+# Binding fields holding datetimes (ISO 8601 on the wire), read from the dataclass itself so a
+# new timestamp field travels without a change here.
+_TIME_FIELDS = frozenset(f.name for f in fields(Binding) if "datetime" in str(f.type))
+
+
 def binding_to_json(binding: Binding) -> dict[str, Any]:
     values = asdict(binding)
-    values["expires_at"] = binding.expires_at.isoformat()
-    values["updated_at"] = binding.updated_at.isoformat()
+    for name in _TIME_FIELDS:
+        if values[name] is not None:
+            values[name] = values[name].isoformat()
     values["path"] = list(binding.path)
     return values
 
 
 def binding_from_json(values: dict[str, Any]) -> Binding:
-    binding = Binding(**values)
-    return replace(
-        binding,
-        expires_at=datetime.fromisoformat(values["expires_at"]),
-        updated_at=datetime.fromisoformat(values["updated_at"]),
-        path=tuple(values["path"]),
-        pn_extra=dict(values["pn_extra"]),
-    )
+    decoded = dict(values)
+    for name in _TIME_FIELDS:
+        if decoded.get(name) is not None:
+            decoded[name] = datetime.fromisoformat(decoded[name])
+    decoded["path"] = tuple(decoded["path"])
+    return Binding(**decoded)
 
 
 class SharedBindings(Protocol):

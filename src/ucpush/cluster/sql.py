@@ -132,9 +132,7 @@ class SqlClusterRepository(SqlRepositoryBase):
         return DevicePool(name, group, now)
 
     async def list_pools(self) -> list[DevicePool]:
-        rows = await self._all(
-            cluster_device_pools.select().order_by(cluster_device_pools.c.name)
-        )
+        rows = await self._all(cluster_device_pools.select().order_by(cluster_device_pools.c.name))
         return [DevicePool(r.name, r.group_name, r.created_at) for r in rows]
 
     async def assign_users(self, pool: str, usernames: Sequence[str]) -> None:

@@ -602,8 +602,11 @@ def top_frames(collapsed: Path, count: int = 12) -> dict[str, list[tuple[str, fl
     inclusive: Counter[str] = Counter()
     total = 0
     # Idle: the event loop in select (no Python frame below Runner.run), aiosqlite's thread
-    # waiting for work.
-    idle = re.compile(r"^Runner\.run \(|_connection_worker_thread \(aiosqlite/core\.py:59\)")
+    # and the default executor's threads waiting for work.
+    idle = re.compile(
+        r"^Runner\.run \(|_connection_worker_thread \(aiosqlite/core\.py:59\)"
+        r"|^_worker \(concurrent/futures/thread\.py:81\)"
+    )
     ours = re.compile(r"\(ucpush/(sip|store)/")
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")

@@ -5,6 +5,7 @@ requests are injected (the chat server itself only sends well-formed ones)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ from prometheus_client import REGISTRY
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from tests.chat.conftest import PHONE, Chat, add_device
+from tests.chat.conftest import PHONE, PUSH_KEY, Chat, add_device
+from ucpush.callpush.payload import PUBLIC_KEY
 from ucpush.chat.protocol import Publish, StanzaError
+from ucpush.crypto import jwe
 
 pytestmark = pytest.mark.parametrize("chat_server", ["prosody"], indirect=True)
 
@@ -148,3 +151,31 @@ async def test_publish_from_a_stranger_domain_is_refused(chat: Chat) -> None:
     with pytest.raises(StanzaError) as refused:
         await chat.running.service.handle_publish(Publish(node, secret, 1), "evil.example")
     assert (refused.value.type.value, refused.value.condition) == ("auth", "forbidden")
+
+
+def opened(delivery: Any, key: bytes) -> dict[str, Any]:
+    return json.loads(jwe.decrypt(json.loads(delivery.payload)["jwe"], key))
+
+
+async def test_publish_without_a_message_is_a_silent_normal_priority_push(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    silent = REGISTRY.get_sample_value("PushSentSilent_total", {"service": "Apns"}) or 0.0
+    assert await answer(chat, client, publish(node, secret)) == ("result", "")
+    [delivery] = chat.stack.apns.delivered
+    assert delivery.priority == 5
+    assert opened(delivery, PUSH_KEY)["count"] == 0
+    after = REGISTRY.get_sample_value("PushSentSilent_total", {"service": "Apns"})
+    assert after == silent + 1
+
+
+async def test_device_without_a_key_gets_a_pii_free_payload(chat: Chat) -> None:
+    await add_device(chat.stack, "old-phone", push_key=b"", push_key_id="")
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration("old-phone")
+    summary = form("urn:xmpp:push:summary", message_count="2", last_message_sender="bob@x")
+    assert await answer(chat, client, publish(node, secret, summary)) == ("result", "")
+    [delivery] = chat.stack.apns.delivered
+    fields = opened(delivery, PUBLIC_KEY)
+    assert fields["type"] == "message" and fields["count"] == 2
+    assert "sender" not in fields and "body" not in fields

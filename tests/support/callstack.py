@@ -290,12 +290,11 @@ class ClusterNode:
         return f"sip:{self.sip_tcp};transport=tcp"
 
 
-def _cluster_toml(name: str, store_url: str, key_prefix: str) -> str:
+def _cluster_toml(name: str, store_url: str, key_prefix: str, timing: tuple[float, float]) -> str:
     return (
         f'[store]\nurl = "{store_url}"\n'
         f'[cluster]\nenabled = true\nnode_name = "{name}"\nkey_prefix = "{key_prefix}"\n'
-        # Fast failure detection for tests: a killed node is out within about a second.
-        "heartbeat_seconds = 0.25\nfailure_timeout = 1.0\n"
+        f"heartbeat_seconds = {timing[0]}\nfailure_timeout = {timing[1]}\n"
     )
 
 
@@ -307,13 +306,18 @@ def cluster_stack(
     key_prefix: str,
     names: tuple[str, ...] = ("a", "b", "c"),
     users: list[str] = USERS,
+    timing: tuple[float, float] = (0.25, 1.0),
 ) -> Iterator[tuple[CallStack, list[ClusterNode]]]:
     """Sims, relay and one node process per name, sharing the PostgreSQL database
     ``store_url``, Redis (keys under ``key_prefix``) and one data directory (the secret files
-    of a cluster). The ``CallStack`` describes the first node."""
+    of a cluster). The ``CallStack`` describes the first node. ``timing``: the nodes'
+    ``heartbeat_seconds`` and ``failure_timeout`` (by default fast, for tests: a killed node is
+    out within about a second)."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        first = _start_stack(base, procs, "", _cluster_toml(names[0], store_url, key_prefix), users)
+        first = _start_stack(
+            base, procs, "", _cluster_toml(names[0], store_url, key_prefix, timing), users
+        )
         nodes = [
             ClusterNode(
                 names[0],
@@ -334,7 +338,7 @@ def cluster_stack(
                 f'[sip]\ntransports = ["udp", "tcp"]\nudp_port = {udp}\ntcp_port = {tcp}\n'
                 f'domains = ["{DOMAIN}"]\ndigest_algorithms = ["MD5"]\n'
                 f"[signin]\nport = {api_port}\n[lpns]\nport = {lpns_port}\n[admin]\nport = 0\n"
-                + _cluster_toml(name, store_url, key_prefix),
+                + _cluster_toml(name, store_url, key_prefix, timing),
             )
             log = base / f"node-{name}.log"
             procs.append(_start(config, "serve", log=log))

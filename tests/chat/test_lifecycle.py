@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from tests.chat.conftest import PHONE, PUSH_KEY, add_device, chat_settings
 from tests.chat.phone import Client
-from tests.chat.servers import ChatServer
+from tests.chat.servers import ChatServer, free_port
 from tests.relay.conftest import Stack
 from ucpush.chat import registration_for, run_chat_push
 from ucpush.crypto import jwe
@@ -103,3 +103,13 @@ async def test_component_reconnects_after_the_chat_server_drops_it(
             await component.connected_event.wait()
         phone = await pushed_once(chat_server, stack, running, running.service.node_key)
     phone.abort()
+
+
+async def test_start_without_waiting_runs_while_the_chat_server_is_away(
+    tmp_path: Path, chat_server: ChatServer, stack: Stack
+) -> None:
+    settings = chat_settings(tmp_path, chat_server, server_port=free_port())  # nobody there
+    async with asyncio.timeout(10):
+        async with run_chat_push(settings, stack.store, lambda: None, wait_connected=False) as chat:
+            await asyncio.sleep(0.5)  # a few reconnect attempts
+            assert not chat.component.connected_event.is_set()

@@ -32,13 +32,17 @@ async def run_chat_push(
     *,
     directory: ChatDirectory | None = None,
     connect_timeout: float = 10.0,
+    wait_connected: bool = True,
     on_push_done: Callable[[PushDone], None] | None = None,
 ) -> AsyncIterator[RunningChatPush]:
     """Connect the component to the chat server and serve until the block exits; then send
     the 'terminated' push to every push-enabled session and disconnect (a crash sends none).
 
     ``relay`` is asked for the relay client at each push (None = not onboarded: publishes
-    get ``wait``). Devices come from ``store.signin`` unless ``directory`` is given.
+    get ``wait``). Devices come from ``store.signin`` unless ``directory`` is given. With
+    ``wait_connected`` (default) a chat server that does not accept the component within
+    ``connect_timeout`` raises ``ConnectionError``; without, the block starts at once and
+    the component keeps trying every ``reconnect_delay`` seconds.
     """
     chat: ChatSettings = settings.chat
     if directory is None:
@@ -56,7 +60,8 @@ async def run_chat_push(
     )
     component.connect()
     try:
-        await asyncio.wait_for(component.connected_event.wait(), connect_timeout)
+        if wait_connected:
+            await asyncio.wait_for(component.connected_event.wait(), connect_timeout)
     except TimeoutError:
         await component.close()
         raise ConnectionError(

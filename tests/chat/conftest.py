@@ -15,7 +15,7 @@ import pytest
 
 from tests.chat.phone import Client
 from tests.chat.servers import ChatServer, available, ejabberd, prosody
-from tests.relay.conftest import BUNDLE, Stack, relay_store_url, stack
+from tests.relay.conftest import BUNDLE, FCM_PROJECT, Stack, relay_store_url, stack
 from ucpush.chat import PushDone, RunningChatPush, registration_for, run_chat_push
 from ucpush.config import ChatSettings, Settings
 from ucpush.crypto import jwe
@@ -97,7 +97,10 @@ async def add_device(
     values.update(kwargs)
     device = Device(**values)
     await stack.store.signin.put_device(device)
-    stack.apns.register_device(device.push_token, BUNDLE)
+    if device.service.startswith("APNS"):
+        stack.apns.register_device(device.push_token, BUNDLE)
+    else:
+        stack.fcm.register_device(device.push_token, FCM_PROJECT)
     return device
 
 

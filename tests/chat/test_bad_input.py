@@ -17,6 +17,7 @@ from tests.chat.conftest import PHONE, PUSH_KEY, Chat, add_device
 from ucpush.callpush.payload import PUBLIC_KEY
 from ucpush.chat.protocol import Publish, StanzaError
 from ucpush.crypto import jwe
+from ucpush.store.repository import Platform
 
 pytestmark = pytest.mark.parametrize("chat_server", ["prosody"], indirect=True)
 
@@ -179,3 +180,18 @@ async def test_device_without_a_key_gets_a_pii_free_payload(chat: Chat) -> None:
     fields = opened(delivery, PUBLIC_KEY)
     assert fields["type"] == "message" and fields["count"] == 2
     assert "sender" not in fields and "body" not in fields
+
+
+async def test_android_device_gets_a_high_priority_fcm_data_message(chat: Chat) -> None:
+    await add_device(
+        chat.stack, "pixel-1", platform=Platform.ANDROID, service="FCM", push_token="fcm-tok-1"
+    )
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration("pixel-1")
+    summary = form("urn:xmpp:push:summary", message_count="1", last_message_sender="bob@x")
+    assert await answer(chat, client, publish(node, secret, summary)) == ("result", "")
+    [delivery] = chat.stack.fcm.delivered
+    assert delivery.message["android"]["priority"] == "high"
+    assert delivery.message["data"]["type"] == "message"
+    fields = json.loads(jwe.decrypt(delivery.message["data"]["jwe"], PUSH_KEY))
+    assert fields["sender"] == "bob@x"

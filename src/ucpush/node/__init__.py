@@ -18,6 +18,7 @@ from ucpush.callpush.engine import CallPushConfig
 from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
 from ucpush.cloud.connection import CloudConnection
 from ucpush.cluster.node import join_cluster
+from ucpush.cluster.pacing import SignInPacing
 from ucpush.config import Settings
 from ucpush.kamailio import edge_router
 from ucpush.logging import configure_logging, get_logger
@@ -101,6 +102,8 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
         )
         app = create_app(signin, max_body_bytes=api.max_body_bytes)
         app.include_router(metrics_router())
+        if settings.cluster.enabled:  # re-login storms after a failover: docs/cluster.md
+            app.add_middleware(SignInPacing, rate=settings.cluster.relogin_rate)
         app.include_router(edge_router(settings.edge, calls))  # Kamailio edge, when enabled
         try:
             stack.push_async_callback(sip.close)

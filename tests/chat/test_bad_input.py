@@ -12,12 +12,13 @@ import pytest
 from prometheus_client import REGISTRY
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
+from structlog.testing import capture_logs
 
 from tests.chat.conftest import PHONE, PUSH_KEY, Chat, add_device
 from ucpush.callpush.payload import PUBLIC_KEY
 from ucpush.chat.protocol import Publish, StanzaError
 from ucpush.crypto import jwe
-from ucpush.store.repository import Platform
+from ucpush.store.repository import Platform, PushState
 
 pytestmark = pytest.mark.parametrize("chat_server", ["prosody"], indirect=True)
 
@@ -195,3 +196,37 @@ async def test_android_device_gets_a_high_priority_fcm_data_message(chat: Chat) 
     assert delivery.message["data"]["type"] == "message"
     fields = json.loads(jwe.decrypt(delivery.message["data"]["jwe"], PUSH_KEY))
     assert fields["sender"] == "bob@x"
+
+
+async def test_dead_token_pauses_the_device_and_cancels_the_registration(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    chat.stack.apns.unregister_device("ab" * 32)
+    summary = form("urn:xmpp:push:summary", message_count="1")
+    with capture_logs() as logs:
+        assert await answer(chat, client, publish(node, secret, summary)) == (
+            "cancel",
+            "item-not-found",
+        )
+    [alarm] = [e for e in logs if e["event"] == "alarm"]
+    assert alarm["alarm"] == "PushNotificationFailedInvalidDeviceToken" and alarm["paused"]
+    device = await chat.stack.store.signin.get_device(PHONE)
+    assert device.push_state is PushState.PAUSED_INVALID_TOKEN
+    # Paused: later publishes are refused without reaching the relay.
+    assert await answer(chat, client, publish(node, secret, summary)) == (
+        "cancel",
+        "item-not-found",
+    )
+
+
+async def test_node_not_onboarded_answers_wait(chat: Chat) -> None:
+    client = await chat.client("bob", "tester")
+    node, secret = chat.registration()
+    chat.running.service.relay = lambda: None
+    summary = form("urn:xmpp:push:summary", message_count="1")
+    with capture_logs() as logs:
+        assert await answer(chat, client, publish(node, secret, summary)) == (
+            "wait",
+            "service-unavailable",
+        )
+    assert [e["alarm"] for e in logs if e["event"] == "alarm"] == ["XCPConfigMgrAccessTokenIsNull"]

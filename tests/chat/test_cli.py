@@ -66,3 +66,9 @@ def test_component_secret_is_made_once(data_dir: Path) -> None:
     assert len(first) >= 24
     assert runner.invoke(app, ["component-secret"]).output.strip() == first
     assert (data_dir / "chat-component-secret").stat().st_mode & 0o077 == 0
+
+
+def test_registration_needs_the_component_jid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UCPUSH_CHAT__COMPONENT_JID")
+    result = runner.invoke(app, ["registration", "iphone-1"])
+    assert result.exit_code == 1 and "chat.component_jid" in result.output

@@ -29,7 +29,7 @@ def registration(
     """Print the push jid, node and secret a signed-in device enables XEP-0357 push with."""
     settings = settings_from(ctx)
     if not settings.chat.component_jid:
-        fail("set [chat] component_jid first")
+        fail("set chat.component_jid first (config file or UCPUSH_CHAT__COMPONENT_JID)")
 
     async def device_state() -> PushState:
         async with await open_store(settings.store_url) as store:
@@ -51,5 +51,5 @@ def registration(
 @app.command("component-secret")
 def show_component_secret(ctx: typer.Context) -> None:
     """Print the component password (made on first use) for the chat server's config:
-    Prosody ``component_secret``, ejabberd ``ejabberd_service`` ``password``."""
+    Prosody component_secret, ejabberd ejabberd_service password."""
     print(component_secret(settings_from(ctx)))

@@ -16,6 +16,7 @@ from ucpush.alarms.center import AlarmCenter
 from ucpush.callpush.dispatcher import CallPushHandler, PushDispatcher, SigninDirectory
 from ucpush.callpush.engine import CallPushConfig
 from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
+from ucpush.chat.app import RunningChatPush, run_chat_push
 from ucpush.cloud.connection import CloudConnection
 from ucpush.cluster.node import join_cluster
 from ucpush.cluster.pacing import SignInPacing
@@ -41,6 +42,7 @@ class RunningNode:
     calls: CallPushHandler
     api_url: str
     admin: RunningAdmin | None = None  # the admin page and API ([admin]), on its own port
+    chat: RunningChatPush | None = None  # the XEP-0357 app server ([chat] enabled)
 
 
 def active_node_uri(settings: Settings) -> str:
@@ -117,6 +119,12 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
             admin = await stack.enter_async_context(run_admin(settings, store, signin, cloud=cloud))
             if settings.cluster.enabled:  # several nodes as one: docs/cluster.md
                 await stack.enter_async_context(join_cluster(settings, store, sip, lpns, calls))
+            chat = None
+            if settings.chat.enabled:
+                # Leaving the stack on shutdown sends the chat sessions their terminated push.
+                chat = await stack.enter_async_context(
+                    run_chat_push(settings, store, cloud.current_client, wait_connected=False)
+                )
         except Exception as exc:
             raise_alarm("StartFailed", error=str(exc) or type(exc).__name__)
             raise
@@ -125,7 +133,7 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
         url = f"{scheme}://{api.host}:{aio.bound_port(http)}"
         log.info("node_started", api=url, sip_mode=settings.sip.mode, metrics=f"{url}/metrics")
         log.info("cloud", cluster_id=cloud.cluster_id, status=cloud.status.label)
-        yield RunningNode(sip, signin, lpns, cloud, calls, url, admin)
+        yield RunningNode(sip, signin, lpns, cloud, calls, url, admin, chat)
 
 
 async def serve(settings: Settings) -> None:

@@ -58,7 +58,7 @@ _ALERTS: dict[PushType, tuple[str, str]] = {
     PushType.MESSAGE: ("New message", "Open the app to read it."),
     PushType.MISSED_CALL: ("Missed call", "Open the app to see who called."),
     PushType.CANCEL: ("Call ended", "Open the app for details."),
-    PushType.TERMINATED: ("Call ended", "Open the app for details."),
+    PushType.TERMINATED: ("Session ended", "Open the app to sign in again."),
 }
 
 

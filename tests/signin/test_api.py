@@ -11,6 +11,7 @@ import pytest
 
 from tests.signin.conftest import RecordingSessions
 from tests.signin.helpers import PASSWORD, Clock, device_body, provision, register, sign_in
+from ucpush.signin.api import ChatPushOut, create_app
 from ucpush.signin.service import SigninError, SigninService
 from ucpush.store.repository import PushState
 
@@ -315,3 +316,28 @@ async def test_config_xml(service: SigninService, client: httpx.AsyncClient) -> 
 async def test_body_limit(service: SigninService, client: httpx.AsyncClient) -> None:
     answer = await client.post("/oauth/token", content=b"x" * 20000)
     assert answer.status_code == 413
+
+
+async def test_device_chat_push_registration(service: SigninService) -> None:
+    def registration(device_id: str) -> ChatPushOut:
+        return ChatPushOut(jid="push.example.org", node=device_id, secret=f"s-{device_id}")
+
+    await provision(service)
+    await service.add_user("bob", PASSWORD, display_name="Bob", profile="nurses")
+    for chat_push, expected in ((None, 404), (registration, 200)):
+        app = create_app(service, chat_push=chat_push)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            token = (await sign_in(client))["access_token"]
+            await register(client, token)
+            answer = await client.get("/v1/devices/iphone-1/chat-push", headers=bearer(token))
+            assert answer.status_code == expected, answer.text
+            if expected == 200:
+                assert answer.json() == {
+                    "jid": "push.example.org",
+                    "node": "iphone-1",
+                    "secret": "s-iphone-1",
+                }
+                bob = (await sign_in(client, "bob", "bob-phone"))["access_token"]
+                other = await client.get("/v1/devices/iphone-1/chat-push", headers=bearer(bob))
+                assert other.status_code == 404  # not bob's device

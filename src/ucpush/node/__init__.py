@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ucpush import aio
@@ -17,6 +17,7 @@ from ucpush.callpush.dispatcher import CallPushHandler, PushDispatcher, SigninDi
 from ucpush.callpush.engine import CallPushConfig
 from ucpush.callpush.payload import PayloadBuilder, PayloadPolicy
 from ucpush.chat.app import RunningChatPush, run_chat_push
+from ucpush.chat.registration import node_key, registration_for
 from ucpush.cloud.connection import CloudConnection
 from ucpush.cluster.node import join_cluster
 from ucpush.cluster.pacing import SignInPacing
@@ -25,7 +26,7 @@ from ucpush.kamailio import edge_router
 from ucpush.logging import configure_logging, get_logger
 from ucpush.lpns.service import LpnsService
 from ucpush.metrics import metrics_router
-from ucpush.signin.api import create_app
+from ucpush.signin.api import ChatPushOut, create_app
 from ucpush.signin.service import SigninService
 from ucpush.sip.server import SipNode, client_ssl_context, load_digest_secret
 from ucpush.store import Store, open_store
@@ -55,6 +56,19 @@ def active_node_uri(settings: Settings) -> str:
     if "tls" in sip.transports and sip.tls_cert:
         return f"sips:{host}:{sip.tls_port}"
     return f"sip:{host}:{sip.tcp_port};transport=tcp"
+
+
+def chat_registrations(settings: Settings) -> Callable[[str], ChatPushOut] | None:
+    """Device id → what its app enables chat push with, when this node runs chat push."""
+    if not settings.chat.enabled:
+        return None
+    key, jid = node_key(settings), settings.chat.component_jid
+
+    def registration(device_id: str) -> ChatPushOut:
+        found = registration_for(key, jid, device_id)
+        return ChatPushOut(jid=found.jid, node=found.node, secret=found.secret)
+
+    return registration
 
 
 def call_push_handler(
@@ -102,7 +116,9 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
             client_ssl=client_ssl_context(settings.sip),
             push=calls,
         )
-        app = create_app(signin, max_body_bytes=api.max_body_bytes)
+        app = create_app(
+            signin, max_body_bytes=api.max_body_bytes, chat_push=chat_registrations(settings)
+        )
         app.include_router(metrics_router())
         if settings.cluster.enabled:  # re-login storms after a failover: docs/cluster.md
             app.add_middleware(SignInPacing, rate=settings.cluster.relogin_rate)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -177,7 +178,21 @@ def _token_answer(grant: TokenGrant) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), headers=_NO_STORE)
 
 
-def create_app(service: SigninService, *, max_body_bytes: int = 16384) -> FastAPI:
+class ChatPushOut(BaseModel):
+    """What the app puts in its XEP-0357 ``<enable/>`` to its chat server."""
+
+    jid: str = Field(description="the push app server (XMPP component) to enable")
+    node: str
+    secret: str = Field(description="publish-options secret; keep it like a password")
+
+
+def create_app(
+    service: SigninService,
+    *,
+    max_body_bytes: int = 16384,
+    chat_push: Callable[[str], ChatPushOut] | None = None,
+) -> FastAPI:
+    """``chat_push``: device id → its chat push registration, when the node runs chat push."""
     app = FastAPI(
         title="ucpush sign-in",
         version=__version__,
@@ -247,6 +262,15 @@ def create_app(service: SigninService, *, max_body_bytes: int = 16384) -> FastAP
             pn_prid=body.pn_prid,
         )
         return DeviceOut.of(await service.register_device(caller[0], device_id, registration))
+
+    @app.get("/v1/devices/{device_id}/chat-push", response_model=ChatPushOut, tags=["devices"])
+    async def device_chat_push(device_id: DeviceId, caller: Caller) -> Any:
+        """The device's chat push registration (XEP-0357 enable parameters)."""
+        if chat_push is None:
+            return error_response(404, "not_found", "chat push is not enabled on this node")
+        if device_id not in {d.id for d in await service.list_devices(caller[0])}:
+            return error_response(404, "not_found", "no such device of this user")
+        return chat_push(device_id)
 
     @app.delete("/v1/devices/{device_id}", status_code=204, tags=["devices"])
     async def delete_device(device_id: DeviceId, caller: Caller) -> Response:

@@ -606,3 +606,37 @@ async def test_outbound_proxy_use_needs_proxy_authentication(store, tmp_path, ca
         for peer in (caller, far):
             await peer.transport.close()
         await node.close()
+
+
+async def test_calls_through_the_node_are_reported_until_their_bye(store, tmp_path, ca):
+    node = await start_node(store, tmp_path, ca)
+    seen: list[tuple[str, bool]] = []
+    node.on_call = lambda user, in_call: seen.append((user, in_call))
+    device, caller = Peer(), Peer()
+    await device.transport.listen_stream("127.0.0.1", 0)
+    await caller.transport.listen_udp("127.0.0.1", 0)
+    try:
+        await register(device, node, "TCP")
+        invite = caller.request("INVITE", f"sip:bob@{DOMAIN}", "UDP", call_id="call-in-progress")
+        caller.transport.send(invite, _node_flow(node, "UDP"))
+        forwarded, flow = await device.next()
+        assert isinstance(forwarded, SipRequest)
+        device.transport.send(make_response(forwarded, 180, to_tag="dev"), flow)
+        assert (await caller.response(100)).status == 180
+        assert seen == []  # ringing is not a call yet
+        device.transport.send(make_response(forwarded, 200, to_tag="dev"), flow)
+        answer = await caller.response(100, 180)
+        assert answer.status == 200
+        assert seen == [(f"alice@{DOMAIN}", True), (f"bob@{DOMAIN}", True)]
+        bye = caller.request("BYE", f"sip:bob@{DOMAIN}", "UDP", call_id="call-in-progress")
+        bye.headers.set("To", f"<sip:bob@{DOMAIN}>;tag=dev")
+        caller.transport.send(bye, _node_flow(node, "UDP"))
+        for _ in range(100):
+            if len(seen) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert seen[2:] == [(f"alice@{DOMAIN}", False), (f"bob@{DOMAIN}", False)]
+    finally:
+        for peer in (device, caller):
+            await peer.transport.close()
+        await node.close()

@@ -141,6 +141,7 @@ async def run_node(settings: Settings, store: Store) -> AsyncIterator[RunningNod
                 chat = await stack.enter_async_context(
                     run_chat_push(settings, store, cloud.current_client, wait_connected=False)
                 )
+                sip.on_call = chat.set_in_call  # in a call: chat pushes go to the phone
         except Exception as exc:
             raise_alarm("StartFailed", error=str(exc) or type(exc).__name__)
             raise

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import hashlib
 import ssl
-from collections.abc import Coroutine, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +83,9 @@ from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import URI, SipURI, parse_uri
 from ucpush.store.repository import Binding, NotFound
 
+# Bounds on calls remembered for ``on_call`` (a BYE may never pass through us).
+MAX_CALL_SECONDS = 12 * 3600
+MAX_CALLS = 100_000
 log = get_logger(__name__)
 
 DIGEST_SECRET_FILE = "sip-digest.key"
@@ -178,6 +183,10 @@ class SipNode:
         self._cancelled: set[int] = set()  # server txs CANCELled while a lookup was pending
         self._gateway_registers: dict[int, SipRequest] = {}  # id(context) -> REGISTER as received
         self._held_calls: dict[int, HeldCall] = {}  # id(context) -> its call push
+        # Told "user@host", True/False as calls through us start (2xx) and end (BYE): chat
+        # push treats a user in a call as away from their desktop (SPEC §4).
+        self.on_call: Callable[[str, bool], None] | None = None
+        self._active_calls: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self._dns = dns_resolver(settings.dns_servers)
 
     # life cycle
@@ -249,6 +258,8 @@ class SipNode:
         if request.method == "CANCEL":
             self._cancel(request, tx)
             return
+        if request.method == "BYE":
+            self._call_ended(request.call_id)
         try:
             self.core.check(request)
             self._route(request, tx, flow)
@@ -632,10 +643,36 @@ class SipNode:
         self.driver.abandon(client)
         self._branch_failed(ctx, tx, branch, 408)
 
+    def _call_started(self, invite: SipRequest) -> None:
+        """An INVITE we proxied was answered: both parties are in a call until a BYE."""
+        if self.on_call is None or invite.call_id in self._active_calls:
+            return
+        parties = []
+        for uri in (invite.from_.uri, invite.to.uri):
+            with contextlib.suppress(ValueError):
+                parties.append(canonical_aor(uri).removeprefix("sips:").removeprefix("sip:"))
+        now = time.monotonic()
+        while self._active_calls:  # calls whose BYE we never saw are forgotten eventually
+            oldest = next(iter(self._active_calls.values()))
+            if now - oldest[0] < MAX_CALL_SECONDS and len(self._active_calls) < MAX_CALLS:
+                break
+            self._active_calls.popitem(last=False)
+        self._active_calls[invite.call_id] = (now, tuple(parties))
+        for party in parties:
+            self.on_call(party, True)
+
+    def _call_ended(self, call_id: str) -> None:
+        entry = self._active_calls.pop(call_id, None)
+        if entry is not None and self.on_call is not None:
+            for party in entry[1]:
+                self.on_call(party, False)
+
     def _respond(self, ctx: ForkContext, tx: ServerTransaction, response: SipResponse) -> None:
         call = self._held_calls.get(id(ctx))
         if call is not None and response.status >= 200:
             call.final(response.status, ctx.binding_of(ctx.decided_by))
+        if ctx.invite and 200 <= response.status < 300 and ctx.request.to.tag is None:
+            self._call_started(ctx.request)
         request = self._gateway_registers.pop(id(ctx), None)
         if request is not None and 200 <= response.status < 300:
             flow = self.driver.flow_of(tx)

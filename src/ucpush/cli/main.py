@@ -84,7 +84,8 @@ def up(ctx: typer.Context) -> None:
 
 @app.command()
 def serve(ctx: typer.Context) -> None:
-    """Run the call node: SIP registrar or PBX gateway, proxy, sign-in API, local push."""
+    """Run the call node: SIP registrar/proxy with call push, sign-in API, local push, admin
+    page, /metrics, and chat push when enabled."""
     from ucpush.node import run_serve
 
     run_serve(settings_from(ctx))

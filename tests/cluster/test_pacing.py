@@ -53,7 +53,8 @@ def test_bad_settings_refused() -> None:
 
 
 def test_client_key() -> None:
-    assert client_key(b"grant_type=password&username=alice&password=x", "addr:1") == "user:alice"
+    form = b"grant_type=password&username=alice&password=x&device_id=ph1"
+    assert client_key(form, "addr:1") == "user:alice/ph1"
     assert client_key(b"grant_type=refresh_token&refresh_token=r1", "a").startswith("refresh:")
     assert client_key(b"\xff\xfe", "addr:1") == "addr:1"
     assert client_key(b"grant_type=password", "addr:1") == "addr:1"

@@ -5,7 +5,7 @@ When a node fails, every device it served signs in again on the backup at once. 
 gets the next free slot, ``1/rate`` seconds after the previous one:
 
 * a slot at most ``hold_max`` seconds away: the request is held until its slot, then served;
-* a later slot: the slot is *reserved* for that client (user name, or refresh token) and the
+* a later slot: the slot is *reserved* for that client (user and device, or refresh token); the
   answer is ``503`` with ``Retry-After``; when the client comes back it is held for, or given,
   its own slot, never a new place at the end of the queue. A reservation not claimed within
   ``grace`` seconds after its slot is dropped (that client starts again).
@@ -79,13 +79,13 @@ class Pacer:
 
 
 def client_key(body: bytes, fallback: str) -> str:
-    """Who is signing in: the user name (password grant) or a hash of the refresh token."""
+    """Who is signing in: user name and device (password grant) or a hash of the refresh token."""
     try:
         form = parse_qs(body.decode())
     except UnicodeDecodeError:
         return fallback
     if username := form.get("username", [""])[0]:
-        return "user:" + username
+        return f"user:{username}/{form.get('device_id', [''])[0]}"
     if refresh := form.get("refresh_token", [""])[0]:
         return "refresh:" + hashlib.sha256(refresh.encode()).hexdigest()
     return fallback

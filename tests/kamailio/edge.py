@@ -34,7 +34,7 @@ def kamailio_missing() -> str | None:
 @dataclass
 class Kamailio:
     process: subprocess.Popen[bytes]
-    port: int  # UDP and TCP; JSON-RPC at http://127.0.0.1:<port>/RPC
+    port: int  # UDP and TCP; HTTP (xhttp) on the TCP one
     log: Path
 
     @property
@@ -42,8 +42,8 @@ class Kamailio:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def rpc_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/RPC"
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def edge_node_toml(port: int, *, ringback_after: float = 5.0, drop_after: float = 13.0) -> str:
@@ -53,7 +53,7 @@ def edge_node_toml(port: int, *, ringback_after: float = 5.0, drop_after: float 
         f'[callpush]\nactive_node = "sip:127.0.0.1:{port};transport=tcp"\n'
         f"ringback_after = {ringback_after}\ndrop_after = {drop_after}\n"
         f'[edge]\nenabled = true\nsecret = "{EDGE_SECRET}"\n'
-        f'kamailio_rpc_url = "http://127.0.0.1:{port}/RPC"\n'
+        f'kamailio_url = "http://127.0.0.1:{port}"\n'
     )
 
 

@@ -177,12 +177,15 @@ async def test_edge_api_refuses_bad_input(edge: Edge) -> None:
         assert response.json() == {"release": ""}
 
 
-async def test_kamailio_rpc_needs_the_secret(edge: Edge) -> None:
+async def test_kamailio_http_side_needs_the_secret(edge: Edge) -> None:
     call = {"jsonrpc": "2.0", "method": "core.version", "id": 1}
-    async with httpx.AsyncClient() as client:
-        refused = await client.post(edge.kam.rpc_url, json=call)
-        assert refused.status_code == 403
-        answered = await client.post(
-            edge.kam.rpc_url, json=call, headers={EDGE_SECRET_HEADER: EDGE_SECRET}
-        )
+    secret = {EDGE_SECRET_HEADER: EDGE_SECRET}
+    reply = {"index": "1", "label": "1", "code": "480", "reason": "Temporarily Unavailable"}
+    async with httpx.AsyncClient(base_url=edge.kam.http) as kam:
+        assert (await kam.post("/RPC", json=call)).status_code == 403
+        assert (await kam.post("/edge/reply", params=reply)).status_code == 403
+        answered = await kam.post("/RPC", json=call, headers=secret)
         assert "kamailio" in answered.json()["result"].lower()
+        # No such held transaction: refused, nothing answered.
+        refused = await kam.post("/edge/reply", params=reply, headers=secret)
+        assert refused.status_code == 404

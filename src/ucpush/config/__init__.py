@@ -171,10 +171,11 @@ class EdgeSettings(Section):
     """Kamailio as the SIP edge (docs/kamailio.md): the node's ``/v1/edge`` API."""
 
     enabled: bool = False
-    # Shared with Kamailio (push.cfg EDGE_SECRET): it sends it to us and we to its JSON-RPC.
+    # Shared with Kamailio (push.cfg EDGE_SECRET): it sends it to us and we to it.
     secret: str = ""
-    kamailio_rpc_url: str = "http://127.0.0.1:5060/RPC"
-    rpc_timeout: float = Field(2.0, gt=0, description="seconds")
+    # Kamailio's HTTP side (xhttp on its SIP TCP listener), where push.cfg serves /edge/reply.
+    kamailio_url: str = "http://127.0.0.1:5060"
+    request_timeout: float = Field(2.0, gt=0, description="seconds")
 
     @model_validator(mode="after")
     def _secret_set(self) -> EdgeSettings:

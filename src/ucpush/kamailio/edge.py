@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import itertools
-import secrets
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Depends, Header, HTTPException
@@ -148,33 +146,32 @@ def edge_binding(
     )
 
 
-class KamailioRpcError(Exception):
+class KamailioError(Exception):
     pass
 
 
-class KamailioRpc:
-    """Kamailio's JSON-RPC over HTTP (jsonrpcs on xhttp), authenticated with the edge
-    secret (push.cfg's xhttp route checks it)."""
+class KamailioClient:
+    """Answers held INVITEs through push.cfg's HTTP route ``/edge/reply`` (xhttp on
+    Kamailio's SIP TCP listener), authenticated with the edge secret.
 
-    def __init__(self, url: str, secret: str, timeout: float) -> None:
-        self.url = url
-        self._client = httpx.AsyncClient(timeout=timeout, headers={EDGE_SECRET_HEADER: secret})
-        self._ids = itertools.count(1)
+    Not JSON-RPC ``tm.reply``: a provisional reply sent that way from an xhttp worker leaves
+    the transaction referenced by that worker, whose end-of-route clean-up then releases it
+    (it is gone a few seconds later, before our 480). The route resumes the suspended
+    transaction (``t_continue``), replies, and suspends it again after a provisional."""
 
-    async def call(self, method: str, params: Sequence[Any]) -> Any:
-        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(self._ids)}
-        response = await self._client.post(self.url, json=body)
+    def __init__(self, base_url: str, secret: str, timeout: float) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, headers={EDGE_SECRET_HEADER: secret}
+        )
+
+    async def reply(self, transaction: str, status: int, reason: str) -> None:
+        """Send ``status reason`` to the caller of the held INVITE ``tindex:tlabel``."""
+        index, _, label = transaction.partition(":")
+        # Spelled out: push.cfg decodes %XX only (no "+" for spaces).
+        query = f"index={index}&label={label}&code={status}&reason={quote(reason, safe='')}"
+        response = await self._client.post("/edge/reply?" + query)
         if response.status_code != 200:
-            raise KamailioRpcError(f"{method}: HTTP {response.status_code}")
-        answer = response.json()
-        if "error" in answer:
-            raise KamailioRpcError(f"{method}: {answer['error'].get('message', answer['error'])}")
-        return answer.get("result")
-
-    async def reply(self, transaction: str, status: int, reason: str, to_tag: str) -> None:
-        """Answer the held INVITE ``tindex:tlabel`` (tm.reply: code, reason, id, to-tag,
-        extra headers, body)."""
-        await self.call("tm.reply", [status, reason, transaction, to_tag, "", ""])
+            raise KamailioError(f"reply {status}: HTTP {response.status_code} {response.text}")
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -188,7 +185,6 @@ class _EdgeCall:
         self.transaction = body.transaction
         self.call_id = body.call_id
         self.aor = aor
-        self.to_tag = secrets.token_hex(8)  # our 180/480 toward the caller
         self.device_of: dict[str, str] = {}  # branch contact -> device id
         self.released = False  # set by forward() while a registration is being matched
         self.run: CallRun | None = None
@@ -234,9 +230,9 @@ class _EdgeCall:
 class EdgeCalls:
     """The held calls Kamailio announced, by Call-ID and by callee AOR."""
 
-    def __init__(self, handler: CallPushHandler, rpc: KamailioRpc) -> None:
+    def __init__(self, handler: CallPushHandler, kamailio: KamailioClient) -> None:
         self.handler = handler  # the node's dispatcher, device directory and timers
-        self.rpc = rpc
+        self.kamailio = kamailio
         self.replies: set[asyncio.Task[None]] = set()  # JSON-RPC answers on their way
         self._calls: dict[str, _EdgeCall] = {}
         self._by_aor: dict[str, set[_EdgeCall]] = {}
@@ -325,9 +321,9 @@ class EdgeCalls:
 
     async def reply(self, call: _EdgeCall, status: int, reason: str) -> None:
         try:
-            await self.rpc.reply(call.transaction, status, reason, call.to_tag)
-        except (KamailioRpcError, httpx.HTTPError, ValueError) as exc:
-            # Kamailio's own timer (fr_inv_timer of the held transaction) still ends the call.
+            await self.kamailio.reply(call.transaction, status, reason)
+        except (KamailioError, httpx.HTTPError) as exc:
+            # Kamailio's own timer (fr_inv_timer of the held transaction) ends the call.
             _log.warning(
                 "kamailio reply failed", call_id=call.call_id, status=status, error=str(exc)
             )
@@ -359,9 +355,9 @@ def edge_router(settings: EdgeSettings, handler: CallPushHandler) -> APIRouter:
     router = APIRouter(prefix="/v1/edge", tags=["kamailio edge"])
     if not settings.enabled:
         return router
-    rpc = KamailioRpc(settings.kamailio_rpc_url, settings.secret, settings.rpc_timeout)
-    edge = EdgeCalls(handler, rpc)
-    router.on_shutdown.append(rpc.aclose)
+    kamailio = KamailioClient(settings.kamailio_url, settings.secret, settings.request_timeout)
+    edge = EdgeCalls(handler, kamailio)
+    router.on_shutdown.append(kamailio.aclose)
     expected = settings.secret.encode()
 
     def authenticated(

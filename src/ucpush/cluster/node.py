@@ -41,6 +41,8 @@ async def join_cluster(
     local_push = calls.dispatcher.lpns
     sip.registrar.repository = PublishingBindings(sip.bindings, cluster)
     lpns.on_session = cluster.on_lpns_session
+    for device_id in lpns.session_devices():  # opened before the hook was in place
+        cluster.on_lpns_session(device_id, True)
     calls.dispatcher.lpns = MeshLocalPush(lpns, cluster)  # type: ignore[assignment]
     try:
         async with cluster:

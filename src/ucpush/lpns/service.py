@@ -206,6 +206,10 @@ class LpnsService:
     def session_count(self) -> int:
         return len(self._by_device)
 
+    def session_devices(self) -> list[str]:
+        """Devices with a live session here (the cluster announces those open before it joined)."""
+        return list(self._by_device)
+
     async def deliver(
         self, device_id: str, push_type: PushType, payload_jwe: str
     ) -> LocalPushResult:

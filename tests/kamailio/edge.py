@@ -58,8 +58,11 @@ def edge_node_toml(port: int, *, ringback_after: float = 5.0, drop_after: float 
 
 
 @contextmanager
-def kamailio(base: Path, port: int, edge_url: str, *, children: int = 2) -> Iterator[Kamailio]:
-    """Kamailio on ``port`` (UDP+TCP) asking the node at ``edge_url``; stopped on exit."""
+def kamailio(
+    base: Path, port: int, edge_url: str, *, children: int = 2, open_registrar: bool = False
+) -> Iterator[Kamailio]:
+    """Kamailio on ``port`` (UDP+TCP) asking the node at ``edge_url``; stopped on exit.
+    ``open_registrar``: REGISTERs without digest authentication (benchmarks)."""
     assert KAMAILIO is not None
     base.mkdir(parents=True, exist_ok=True)
     log = base / "kamailio.log"
@@ -71,6 +74,8 @@ def kamailio(base: Path, port: int, edge_url: str, *, children: int = 2) -> Iter
         "-A", f'EDGE_URL="{edge_url}"', "-A", f'EDGE_SECRET="{EDGE_SECRET}"',
         "-A", f'SIP_DOMAIN="{DOMAIN}"', "-A", f'SIP_PASSWORD="{PASSWORD}"',
     ]  # fmt: skip
+    if open_registrar:
+        args += ["-A", "OPEN_REGISTRAR"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             args,

@@ -46,7 +46,7 @@ from ucpush.callpush.engine import (
 from ucpush.callpush.payload import PayloadBuilder
 from ucpush.logging import get_logger
 from ucpush.lpns.protocol import PushType as LocalPushType
-from ucpush.lpns.service import LocalPushOutcome, LpnsService
+from ucpush.lpns.service import LocalPushOutcome, LocalPushResult
 from ucpush.metrics import observe_push_latency
 from ucpush.relay.client import RelayAuthError, RelayClient, RelayError
 from ucpush.relay.providers.base import Outcome, Priority
@@ -118,6 +118,15 @@ class PushTarget:
     signed_in: bool = False  # a sign-in device: its push state can be paused
 
 
+class LocalPush(Protocol):
+    """Local push delivery (``LpnsService``, or the cluster's mesh over every node's)."""
+
+    def has_session(self, device_id: str) -> bool: ...
+    async def deliver(
+        self, device_id: str, push_type: LocalPushType, payload_jwe: str
+    ) -> LocalPushResult: ...
+
+
 class DeviceStates(Protocol):
     """The part of ``SigninRepository`` that pauses a device."""
 
@@ -131,7 +140,7 @@ class PushDispatcher:
         payloads: PayloadBuilder,
         devices: DeviceStates,
         *,
-        lpns: LpnsService | None = None,
+        lpns: LocalPush | None = None,
     ) -> None:
         # Asked per push: onboarding, push disabled or a new refresh token change the client.
         self.relay = relay

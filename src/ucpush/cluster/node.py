@@ -43,7 +43,7 @@ async def join_cluster(
     lpns.on_session = cluster.on_lpns_session
     for device_id in lpns.session_devices():  # opened before the hook was in place
         cluster.on_lpns_session(device_id, True)
-    calls.dispatcher.lpns = MeshLocalPush(lpns, cluster)  # type: ignore[assignment]
+    calls.dispatcher.lpns = MeshLocalPush(lpns, cluster)
     try:
         async with cluster:
             yield cluster

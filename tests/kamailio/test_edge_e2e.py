@@ -189,3 +189,37 @@ async def test_kamailio_http_side_needs_the_secret(edge: Edge) -> None:
         # No such held transaction: refused, nothing answered.
         refused = await kam.post("/edge/reply", params=reply, headers=secret)
         assert refused.status_code == 404
+
+
+async def test_woken_after_the_ringback_still_gets_the_call(edge: Edge) -> None:
+    """The node's own 180 (after 2 s) leaves the INVITE held: a device that registers after
+    it still gets the call."""
+    stack = edge.stack
+    user, token = await pushed_device(edge)
+    call = await caller(edge, user, "caller_answered.xml")
+    await until(lambda: stack.apns_deliveries(token))
+    await asyncio.sleep(2.5)
+    device = await woken_device(edge, user, apns_params(token), "device_answers.xml")
+    await call.succeeded()
+    await device.succeeded()
+
+
+async def test_desk_phone_answers_then_cancel_push(edge: Edge) -> None:
+    """A contact without pn-* (the user's desk phone) is forked to at once beside the push;
+    its answer ends the call and the pushed phone gets "answered elsewhere"."""
+    stack = edge.stack
+    user, token = await pushed_device(edge)
+    desk = await start_sipp(
+        stack.base, "register.xml", "u1", edge.kam.sip, oocsf="device_answers.xml",
+        duration_ms=4000, user=user,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    call = await caller(edge, user, "caller_answered.xml")
+    await call.succeeded()
+    await desk.succeeded()
+    pushes = await until(
+        lambda: _when(stack.apns_deliveries(token), lambda d: len(d) == 2), within=5
+    )
+    call_push, cancel = (apns_fields(p) for p in pushes)
+    assert call_push["type"] == "call"
+    assert cancel["type"] == "cancel" and cancel["reason"] == "answered-elsewhere"

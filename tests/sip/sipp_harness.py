@@ -34,6 +34,18 @@ OOC_DONE = "out-of-call scenario complete"
 _FAILURE_RE = re.compile(r"Failed|Aborting|unexpected|[Tt]imeout")
 
 
+def sip_user(name: str, password: str = PASSWORD) -> SipUser:
+    """The account ``sip:<name>@DOMAIN`` with both HA1s of ``password``."""
+    return SipUser(
+        f"sip:{name}@{DOMAIN}",
+        name,
+        DOMAIN,
+        compute_ha1(name, DOMAIN, password, MD5),
+        compute_ha1(name, DOMAIN, password, SHA256),
+        datetime.now(UTC),
+    )
+
+
 def free_port() -> int:
     """A loopback port free for both UDP and TCP (SIPp uses the same number for both)."""
     for _ in range(50):
@@ -203,18 +215,8 @@ async def start_harness(base: Path, **settings: object) -> Harness:
     """A node on ephemeral UDP and TCP ports with accounts ``USERS`` (password ``PASSWORD``)
     in domain ``DOMAIN``; ``settings`` override ``SipSettings`` fields."""
     store = await open_store("sqlite+aiosqlite:///:memory:")
-    now = datetime.now(UTC)
     for user in USERS:
-        await store.sip.add_user(
-            SipUser(
-                f"sip:{user}@{DOMAIN}",
-                user,
-                DOMAIN,
-                compute_ha1(user, DOMAIN, PASSWORD, MD5),
-                compute_ha1(user, DOMAIN, PASSWORD, SHA256),
-                now,
-            )
-        )
+        await store.sip.add_user(sip_user(user))
     values: dict[str, object] = {
         "udp_port": 0,
         "tcp_port": 0,

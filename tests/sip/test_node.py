@@ -10,15 +10,14 @@ import socket
 import ssl
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.sip.sipp_harness import free_port
+from tests.sip.sipp_harness import free_port, sip_user
 from ucpush.config import SipSettings
-from ucpush.sip.digest import MD5, SHA256, compute_ha1, compute_response
+from ucpush.sip.digest import SHA256, compute_ha1, compute_response
 from ucpush.sip.helpers import build_cancel, make_response, new_branch, new_call_id, new_tag
 from ucpush.sip.message import SipRequest, SipResponse
 from ucpush.sip.proxy import CallControl, HeldCall
@@ -29,7 +28,7 @@ from ucpush.sip.transaction import TimerConfig
 from ucpush.sip.transport import SipTransport
 from ucpush.sip.uri import SipURI
 from ucpush.store import Store
-from ucpush.store.repository import Binding, SipUser
+from ucpush.store.repository import Binding
 
 pytestmark = pytest.mark.timeout(30)
 DOMAIN = "example.org"
@@ -544,17 +543,7 @@ async def test_ucpush_serve_runs_and_stops(tmp_path):
 async def test_outbound_proxy_use_needs_proxy_authentication(store, tmp_path, ca):
     """Out-of-dialog requests routed elsewhere are relayed for our users only: 407, then the
     digest answer; our credentials do not travel on."""
-    now = datetime.now(UTC)
-    await store.sip.add_user(
-        SipUser(
-            f"sip:alice@{DOMAIN}",
-            "alice",
-            DOMAIN,
-            compute_ha1("alice", DOMAIN, "pw", MD5),
-            compute_ha1("alice", DOMAIN, "pw", SHA256),
-            now,
-        )
-    )
+    await store.sip.add_user(sip_user("alice", "pw"))
     node = await start_node(store, tmp_path, ca, authenticate=True, realm=DOMAIN)
     caller, far = Peer(), Peer()
     await caller.transport.listen_udp("127.0.0.1", 0)

@@ -16,23 +16,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.signin.helpers import provision, register, sign_in
-from tests.sip.sipp_harness import DOMAIN, PASSWORD, free_port
+from tests.sip.sipp_harness import DOMAIN, free_port, sip_user
 from ucpush.cloud.connection import CloudConnection
 from ucpush.config import load_settings
 from ucpush.relay.onboarding import ensure_tenant
 from ucpush.signin.service import SigninService
 from ucpush.sim.cli import CA_FILE_NAME
 from ucpush.sim.credentials import make_apns_key, make_service_account
-from ucpush.sip.digest import MD5, SHA256, compute_ha1
 from ucpush.store import open_store
-from ucpush.store.repository import ProviderApp, SipUser
+from ucpush.store.repository import ProviderApp
 
 UCPUSH = [sys.executable, "-m", "ucpush"]
 TEAM_ID, KEY_ID = "E2ETEAM001", "E2EKEY0001"
@@ -239,19 +237,9 @@ async def _node_state(config: Path, voucher: str, relay_url: str, users: list[st
     """SIP accounts and sign-in users in the node's database; onboarding with the voucher."""
     settings = load_settings(config)
     async with await open_store(settings.store_url) as store:
-        now = datetime.now(UTC)
         signin = SigninService.from_settings(settings, store.signin)
         for user in users:
-            await store.sip.add_user(
-                SipUser(
-                    f"sip:{user}@{DOMAIN}",
-                    user,
-                    DOMAIN,
-                    compute_ha1(user, DOMAIN, PASSWORD, MD5),
-                    compute_ha1(user, DOMAIN, PASSWORD, SHA256),
-                    now,
-                )
-            )
+            await store.sip.add_user(sip_user(user))
             await provision(signin, username=user)
         async with await CloudConnection.open(settings, store) as cloud:
             status = await cloud.enroll(voucher, relay_url)

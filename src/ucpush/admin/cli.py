@@ -258,6 +258,12 @@ def _admin_run(ctx: typer.Context, work: Callable[[AdminAuth, Store], Awaitable[
         fail(exc.detail)
 
 
+def _password(from_stdin: bool, prompt: str) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
 @admin_user_app.command("add")
 def admin_user_add(
     ctx: typer.Context,
@@ -267,10 +273,7 @@ def admin_user_add(
     ] = False,
 ) -> None:
     """Create an administrator (prompted for the password unless --password-stdin)."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin, "password")
 
     async def work(auth: AdminAuth, _: Store) -> None:
         await auth.add_user(username, password)
@@ -288,10 +291,7 @@ def admin_user_password(
     ] = False,
 ) -> None:
     """Set an administrator's password."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin, "new password")
 
     async def work(auth: AdminAuth, _: Store) -> None:
         await auth.set_password(username, password)

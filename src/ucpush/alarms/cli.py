@@ -21,10 +21,10 @@ from rich.table import Table
 
 from ucpush.alarms.catalogue import CATALOGUE, PUSH_LEVELS, parse_push_level
 from ucpush.alarms.pii import unseal
-from ucpush.cli.common import fail, settings_from
+from ucpush.cli.common import fail, run_with_store
 from ucpush.config import Settings
 from ucpush.crypto.jwe import JweError
-from ucpush.store import Store, open_store
+from ucpush.store import Store
 from ucpush.store.repository import NotFound
 
 app = typer.Typer(
@@ -40,16 +40,7 @@ def _now() -> datetime:
 
 
 def _run(ctx: typer.Context, work: Callable[[Store, Settings], Awaitable[T]]) -> T:
-    settings = settings_from(ctx)
-
-    async def run() -> T:
-        async with await open_store(settings.store_url) as store:
-            return await work(store, settings)
-
-    try:
-        return asyncio.run(run())
-    except OSError as exc:
-        fail(f"database unreachable: {exc}")
+    return run_with_store(ctx, work)
 
 
 def _when(value: datetime | None) -> str:

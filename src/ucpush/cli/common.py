@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -10,12 +12,41 @@ from rich.console import Console
 
 from ucpush.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    from ucpush.store import Store
+
+T = TypeVar("T")
+
 _err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     _err.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def run_with_store(
+    ctx: typer.Context,
+    work: Callable[[Store, Settings], Awaitable[T]],
+    *,
+    refused: tuple[type[Exception], ...] = (),
+) -> T:
+    """Run ``work`` on the configured database; an unreachable database, or one of
+    ``refused`` (whose message says why), ends the command with one line."""
+    from ucpush.store import open_store
+
+    settings = settings_from(ctx)
+
+    async def run() -> T:
+        async with await open_store(settings.store_url) as store:
+            return await work(store, settings)
+
+    try:
+        return asyncio.run(run())
+    except OSError as exc:
+        fail(f"database unreachable: {exc}")
+    except refused as exc:
+        fail(str(exc))
 
 
 def settings_from(ctx: typer.Context) -> Settings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ucpush.cli.common import fail, settings_from
+from ucpush.cli.common import run_with_store
 from ucpush.config import Settings
-from ucpush.store import Store, open_store
+from ucpush.store import Store
 from ucpush.store.repository import Conflict, NotFound
 
 app = typer.Typer(
@@ -30,18 +29,7 @@ T = TypeVar("T")
 
 
 def _run(ctx: typer.Context, work: Callable[[Store, Settings], Awaitable[T]]) -> T:
-    settings = settings_from(ctx)
-
-    async def run() -> T:
-        async with await open_store(settings.store_url) as store:
-            return await work(store, settings)
-
-    try:
-        return asyncio.run(run())
-    except OSError as exc:
-        fail(f"unreachable: {exc}")
-    except (ValueError, Conflict, NotFound) as exc:
-        fail(str(exc))
+    return run_with_store(ctx, work, refused=(ValueError, Conflict, NotFound))
 
 
 @group_app.command("add")

@@ -42,9 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.call_wakeup import calls, delivered, pct, setup_devices, since  # noqa: E402
-from tests.kamailio.edge import edge_node_toml, kamailio, kamailio_missing  # noqa: E402
-from tests.sip.sipp_harness import free_port  # noqa: E402
-from tests.support.callstack import CallStack, call_stack  # noqa: E402
+from tests.kamailio.edge import edge_stack, kamailio_missing  # noqa: E402
+from tests.support.callstack import CallStack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -141,17 +140,15 @@ def main() -> None:
     version = subprocess.run(
         ["kamailio", "-v"], capture_output=True, text=True, check=True
     ).stdout.splitlines()[0]
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="ucpush-bench-") as tmp:
-        base = Path(tmp)
-        # The stack's set-up runs its own event loops, so it starts outside ours.
-        with (
-            call_stack(
-                base, sip_toml="authenticate = false\n", node_toml=edge_node_toml(port)
-            ) as stack,
-            kamailio(base / "kam", port, stack.api, open_registrar=True) as kam,
-        ):
-            results = asyncio.run(run(args, stack, kam.sip))
+    # The stack's set-up runs its own event loops, so it starts outside ours.
+    with (
+        tempfile.TemporaryDirectory(prefix="ucpush-bench-") as tmp,
+        edge_stack(Path(tmp), sip_toml="authenticate = false\n", open_registrar=True) as (
+            stack,
+            kam,
+        ),
+    ):
+        results = asyncio.run(run(args, stack, kam.sip))
     text = report(args, results, version.removeprefix("version: ").strip())
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -9,11 +9,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.sip.sipp_harness import DOMAIN, PASSWORD, free_port
+from tests.support.callstack import CallStack, call_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH_CFG = ROOT / "deploy" / "kamailio" / "push.cfg"
@@ -44,6 +45,30 @@ class Kamailio:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port free for UDP and TCP, held (bound) until the block ends: the stack
+    started meanwhile picks its own free ports and must not take Kamailio's."""
+    for _ in range(50):
+        port = free_port()
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tcp.bind(("127.0.0.1", port))
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        try:
+            yield port
+        finally:
+            tcp.close()
+            udp.close()
+        return
+    raise RuntimeError("no free port")
 
 
 def edge_node_toml(port: int, *, ringback_after: float = 5.0, drop_after: float = 13.0) -> str:
@@ -108,4 +133,25 @@ def _wait_tcp(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"kamailio never listened:\n{log.read_text()[-3000:]}")
 
 
-__all__ = ["EDGE_SECRET", "Kamailio", "edge_node_toml", "free_port", "kamailio"]
+@contextmanager
+def edge_stack(
+    base: Path,
+    *,
+    sip_toml: str = "",
+    open_registrar: bool = False,
+    ringback_after: float = 5.0,
+    drop_after: float = 13.0,
+) -> Iterator[tuple[CallStack, Kamailio]]:
+    """Sims, relay and node (tests/support/callstack.py, ``[edge]`` on) and Kamailio in
+    front of the node; ``sip_toml`` goes into the node's ``[sip]``."""
+    with ExitStack() as running:
+        with reserved_port() as port:
+            toml = edge_node_toml(port, ringback_after=ringback_after, drop_after=drop_after)
+            stack = running.enter_context(call_stack(base, sip_toml=sip_toml, node_toml=toml))
+        kam = running.enter_context(
+            kamailio(base / "kam", port, stack.api, open_registrar=open_registrar)
+        )
+        yield stack, kam
+
+
+__all__ = ["EDGE_SECRET", "Kamailio", "edge_stack", "kamailio_missing"]

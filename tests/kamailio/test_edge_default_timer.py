@@ -9,10 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.callpush.test_call_e2e import _when, apns_fields, until
-from tests.kamailio.edge import edge_node_toml, free_port, kamailio, kamailio_missing
+from tests.kamailio.edge import edge_stack, kamailio_missing
 from tests.kamailio.test_edge_e2e import Edge, caller, pushed_device
 from tests.sip.sipp_harness import SIPP
-from tests.support.callstack import call_stack
 
 pytestmark = [
     pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) is not installed"),
@@ -24,11 +23,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     base = tmp_path_factory.mktemp("kamailio-edge-defaults")
-    port = free_port()
-    with (
-        call_stack(base, node_toml=edge_node_toml(port)) as stack,
-        kamailio(base / "kam", port, stack.api) as kam,
-    ):
+    with edge_stack(base) as (stack, kam):
         yield Edge(stack, kam)
 
 

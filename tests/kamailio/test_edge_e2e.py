@@ -23,16 +23,9 @@ from tests.callpush.test_call_e2e import (
     token_for,
     until,
 )
-from tests.kamailio.edge import (
-    EDGE_SECRET,
-    Kamailio,
-    edge_node_toml,
-    free_port,
-    kamailio,
-    kamailio_missing,
-)
+from tests.kamailio.edge import EDGE_SECRET, Kamailio, edge_stack, kamailio_missing
 from tests.sip.sipp_harness import SIPP, start_sipp
-from tests.support.callstack import CallStack, call_stack
+from tests.support.callstack import CallStack
 from ucpush.kamailio import EDGE_SECRET_HEADER
 
 pytestmark = [
@@ -51,9 +44,7 @@ class Edge:
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     base = tmp_path_factory.mktemp("kamailio-edge")
-    port = free_port()
-    toml = edge_node_toml(port, ringback_after=2.0, drop_after=4.0)
-    with call_stack(base, node_toml=toml) as stack, kamailio(base / "kam", port, stack.api) as kam:
+    with edge_stack(base, ringback_after=2.0, drop_after=4.0) as (stack, kam):
         yield Edge(stack, kam)
 
 
@@ -175,6 +166,10 @@ async def test_edge_api_refuses_bad_input(edge: Edge) -> None:
         registration["contact"] = "sip:nobody@127.0.0.1:9"
         response = await api.post("/registrations", json=registration, headers=headers)
         assert response.json() == {"release": ""}
+    async with httpx.AsyncClient(base_url=edge.stack.api) as api:
+        paths = (await api.get("/openapi.json")).json()["paths"]
+        assert {"/v1/edge/calls", "/v1/edge/calls/{call_id}/events"} <= set(paths)
+        assert "/v1/edge/registrations" in paths
 
 
 async def test_kamailio_http_side_needs_the_secret(edge: Edge) -> None:

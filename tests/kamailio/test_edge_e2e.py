@@ -123,12 +123,15 @@ async def test_nobody_answers_480_at_drop_timer_then_missed_call(edge: Edge) -> 
 
 
 async def test_edge_api_refuses_bad_input(edge: Edge) -> None:
+    # A token the simulator knows: the push is delivered and the call stays held (drop 4 s).
+    token = token_for("nobody", "c")
+    await register_apns(edge.stack, "nobody", token)
     good = {
         "transaction": "1:2",
         "call_id": "bad-input@test",
         "aor": "sip:nobody@example.org",
         "from": "<sip:caller@example.org>;tag=1",
-        "contacts": [{"uri": "sip:nobody@127.0.0.1:9;pn-provider=apns;pn-prid=00"}],
+        "contacts": [{"uri": f"sip:nobody@127.0.0.1:9{apns_params(token)}"}],
     }
     headers = {EDGE_SECRET_HEADER: EDGE_SECRET}
     async with httpx.AsyncClient(base_url=edge.stack.api + "/v1/edge") as api:

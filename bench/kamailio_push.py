@@ -11,7 +11,8 @@ sign-in devices with push keys registered over TCP with RFC 8599 pn-* params, th
 disconnected; INVITEs at ``--rate``/s (open loop); 200 ms after each INVITE the device
 registers again over a new connection and answers the INVITE it gets with 486.
 
-Two phases, one per SIP edge, each with its own devices:
+Two phases, one per SIP edge, each with its own devices (after one unmeasured second of
+calls through each, so that neither pays for going first):
 
 * **ucpush proxy**: devices register to and callers call the node's own SIP listeners.
 * **Kamailio + ucpush**: devices register to and callers call Kamailio; Kamailio holds the
@@ -75,9 +76,13 @@ def figures(
 
 async def run(args: argparse.Namespace, stack: CallStack, kam_sip: str) -> dict:
     count = int(args.rate * args.seconds)
-    await setup_devices(stack, 2 * count)
-    node = await calls(stack, args.rate, count, first=0, woken=True)
+    warm = max(5, int(args.rate))  # one second of calls per edge, not measured
+    await setup_devices(stack, 2 * count + 2 * warm)
     through_kamailio = replace(stack, sip_tcp=kam_sip, sip_udp=kam_sip)
+    # Warm both paths first (connections, caches), so neither pays for going first.
+    await calls(stack, args.rate, warm, first=2 * count, woken=True)
+    await calls(through_kamailio, args.rate, warm, first=2 * count + warm, woken=True)
+    node = await calls(stack, args.rate, count, first=0, woken=True)
     kam = await calls(through_kamailio, args.rate, count, first=count, woken=True)
     await asyncio.sleep(1.0)
     received = await delivered(stack)

@@ -187,6 +187,8 @@ class _EdgeCall:
         self.aor = aor
         self.device_of: dict[str, str] = {}  # branch contact -> device id
         self.released = False  # set by forward() while a registration is being matched
+        # Replies leave in the engine's order (a 110 or 180 never after the final answer).
+        self.reply_order = asyncio.Lock()
         self.run: CallRun | None = None
 
     def device(self, contact: str) -> str | None:
@@ -233,7 +235,7 @@ class EdgeCalls:
     def __init__(self, handler: CallPushHandler, kamailio: KamailioClient) -> None:
         self.handler = handler  # the node's dispatcher, device directory and timers
         self.kamailio = kamailio
-        self.replies: set[asyncio.Task[None]] = set()  # JSON-RPC answers on their way
+        self.replies: set[asyncio.Task[None]] = set()  # replies to Kamailio on their way
         self._calls: dict[str, _EdgeCall] = {}
         self._by_aor: dict[str, set[_EdgeCall]] = {}
 
@@ -244,7 +246,7 @@ class EdgeCalls:
         """Start the call's push; the number of devices pushed (0: nothing to hold)."""
         aor = _aor(body.aor)
         bindings = [edge_binding(aor, c.uri, c.instance, _expiry(c.expires)) for c in body.contacts]
-        caller = _sip_uri_of_name_addr(body.from_)
+        caller = _caller_aor(body.from_)
         if body.call_id in self._calls:
             raise EdgeInputError("call_id is already held")
         pairs = await self.handler.directory.call_devices(bindings)
@@ -321,9 +323,10 @@ class EdgeCalls:
 
     async def reply(self, call: _EdgeCall, status: int, reason: str) -> None:
         try:
-            await self.kamailio.reply(call.transaction, status, reason)
+            async with call.reply_order:
+                await self.kamailio.reply(call.transaction, status, reason)
         except (KamailioError, httpx.HTTPError) as exc:
-            # Kamailio's own timer (fr_inv_timer of the held transaction) ends the call.
+            # Kamailio's own transaction timer still ends the held call.
             _log.warning(
                 "kamailio reply failed", call_id=call.call_id, status=status, error=str(exc)
             )
@@ -341,7 +344,7 @@ def _expiry(epoch: int | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
 
 
-def _sip_uri_of_name_addr(value: str) -> str:
+def _caller_aor(value: str) -> str:
     """The caller's AOR from a From value, "" when it has none (presentation lookup only)."""
     try:
         request = SipRequest("INVITE", "sip:x@invalid", [("From", value)])

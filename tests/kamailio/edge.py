@@ -154,4 +154,4 @@ def edge_stack(
         yield stack, kam
 
 
-__all__ = ["EDGE_SECRET", "Kamailio", "edge_stack", "kamailio_missing"]
+__all__ = ["EDGE_SECRET", "Kamailio", "edge_stack", "kamailio", "kamailio_missing", "reserved_port"]

@@ -221,3 +221,22 @@ async def test_desk_phone_answers_then_cancel_push(edge: Edge) -> None:
     call_push, cancel = (apns_fields(p) for p in pushes)
     assert call_push["type"] == "call"
     assert cancel["type"] == "cancel" and cancel["reason"] == "answered-elsewhere"
+
+
+async def test_desk_phone_declines_then_declined_elsewhere_push(edge: Edge) -> None:
+    stack = edge.stack
+    user, token = await pushed_device(edge)
+    desk = await start_sipp(
+        stack.base, "register.xml", "u1", edge.kam.sip, oocsf="device_declines.xml",
+        duration_ms=4000, user=user,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    call = await caller(edge, user, "caller_declined.xml")
+    await call.succeeded()
+    await desk.succeeded()
+    pushes = await until(
+        lambda: _when(stack.apns_deliveries(token), lambda d: len(d) == 2), within=5
+    )
+    call_push, cancel = (apns_fields(p) for p in pushes)
+    assert call_push["type"] == "call"
+    assert cancel["type"] == "cancel" and cancel["reason"] == "declined-elsewhere"

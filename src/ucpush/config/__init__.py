@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -171,15 +171,16 @@ class EdgeSettings(Section):
     """Kamailio as the SIP edge (docs/kamailio.md): the node's ``/v1/edge`` API."""
 
     enabled: bool = False
-    # Shared with Kamailio (push.cfg EDGE_SECRET): it sends it to us and we to it.
-    secret: str = ""
+    # Shared with Kamailio (push.cfg EDGE_SECRET): it sends it to us and we to it. Masked in
+    # `ucpush config show`.
+    secret: SecretStr = SecretStr("")
     # Kamailio's HTTP side (xhttp on its SIP TCP listener), where push.cfg serves /edge/reply.
     kamailio_url: str = "http://127.0.0.1:5060"
     request_timeout: float = Field(2.0, gt=0, description="seconds")
 
     @model_validator(mode="after")
     def _secret_set(self) -> EdgeSettings:
-        if self.enabled and len(self.secret) < 16:
+        if self.enabled and len(self.secret.get_secret_value()) < 16:
             raise ValueError("edge needs a secret of at least 16 characters")
         return self
 

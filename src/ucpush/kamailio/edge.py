@@ -358,10 +358,11 @@ def edge_router(settings: EdgeSettings, handler: CallPushHandler) -> APIRouter:
     router = APIRouter(prefix="/v1/edge", tags=["kamailio edge"])
     if not settings.enabled:
         return router
-    kamailio = KamailioClient(settings.kamailio_url, settings.secret, settings.request_timeout)
+    secret = settings.secret.get_secret_value()
+    kamailio = KamailioClient(settings.kamailio_url, secret, settings.request_timeout)
     edge = EdgeCalls(handler, kamailio)
     router.on_shutdown.append(kamailio.aclose)
-    expected = settings.secret.encode()
+    expected = secret.encode()
 
     def authenticated(
         secret: Annotated[str, Header(alias=EDGE_SECRET_HEADER)] = "",

@@ -2,8 +2,8 @@
 
 Kamailio holds an INVITE for push contacts and tells us (``POST /v1/edge/calls``); we run one
 ``CallRun`` per call with the node's dispatcher, device directory and timers, exactly as for
-our own proxy. Our ``CallControl`` answers the caller through Kamailio's JSON-RPC
-(``tm.reply`` on the held transaction); the release to a woken device is the answer to
+our own proxy. Our ``CallControl`` answers the caller through push.cfg's ``/edge/reply``
+route on the held transaction (``KamailioClient``); the release to a woken device is the answer to
 Kamailio's ``POST /v1/edge/registrations`` (the transactions to continue), so the INVITE goes
 out in the same Kamailio worker that saved the binding, with no second round trip. Kamailio
 reports the branches' 180/2xx/failures and the caller's CANCEL

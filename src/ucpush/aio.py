@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -14,8 +15,20 @@ import uvloop
 T = TypeVar("T")
 
 
+def settle_heap() -> None:
+    """After start-up: move everything alive into the permanent generation, so the cyclic
+    garbage collector stops re-scanning long-lived state (bindings, sessions, caches) on
+    the request path, where full collections showed as latency spikes."""
+    gc.collect()
+    gc.freeze()
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop, whose transports roughly halve per-request overhead."""
+    """``asyncio.run`` on uvloop, whose transports roughly halve per-request overhead, with
+    the garbage collector tuned for a server: young collections every 20,000 allocations
+    instead of 700 (measured on the SIP node: 1.5x the REGISTERs/s, registration p99 from
+    ~230 to ~60 ms, proxy p99 at 100 calls/s from ~250 to ~3 ms)."""
+    gc.set_threshold(20_000, 50, 100)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import httpx
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from ucpush.alarms import clear_alarm, raise_alarm
 from ucpush.callpush.engine import (
@@ -90,6 +90,14 @@ MOBILITY_EXTENDED_TO_APP = Counter(
     "Calls of users with a mobility identity that a woken device registered for in time",
 )
 
+# Issue 5's "push sent" latency, from the INVITE reaching call push to its push leaving
+# for the relay or the local push session (payload built).
+CALL_PUSH_SENT_SECONDS = Histogram(
+    "ucpush_call_push_sent_seconds",
+    "INVITE handed to call push -> its call push sent (to the relay or local push)",
+    buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0),
+)
+
 _LOCAL_TYPES: Mapping[PushKind, LocalPushType] = {
     PushKind.CALL: "voip",
     PushKind.MISSED_CALL: "missed-call",
@@ -156,6 +164,8 @@ class PushDispatcher:
         )
         if payload is None:
             return False
+        if push.kind in _CALL_KINDS and invite.received_at:
+            CALL_PUSH_SENT_SECONDS.observe(asyncio.get_running_loop().time() - invite.received_at)
         if target.china_region and push.kind in _CUSTOM_REGION_COUNTERS:
             _CUSTOM_REGION_COUNTERS[push.kind].inc()
         if await self._send_local(push, target, payload):
@@ -637,6 +647,7 @@ class CallPushHandler:
     async def prepare_call(
         self, request: SipRequest, aor: str, bindings: Sequence[tuple[Binding, bool]]
     ) -> _CallHook | None:
+        received_at = asyncio.get_running_loop().time()
         reachable = {binding.id: live for binding, live in bindings}
         try:
             caller = canonical_aor(request.from_.uri)
@@ -660,7 +671,7 @@ class CallPushHandler:
             presentation=caller_profile.presentation if caller_profile else ("", ""),
             push_sent_option=self.push_sent_option,
         )
-        return _CallHook(self, aor, invite, pairs)
+        return _CallHook(self, aor, replace(invite, received_at=received_at), pairs)
 
     async def _profiles(self, aors: set[str]) -> Mapping[str, CallProfile]:
         return await self.profiles.get_many(aors) if self.profiles is not None else {}

@@ -105,6 +105,7 @@ class InviteSummary:
     supports_push_sent: bool = False  # the caller takes "110 Push sent"
     live_branches: bool = False  # the proxy already forked to reachable bindings
     mobility_number: str = ""  # the callee's mobility identity, "" = none
+    received_at: float = 0.0  # event-loop time call push got the INVITE (for latency)
 
 
 @dataclass(frozen=True, slots=True)

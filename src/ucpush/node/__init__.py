@@ -162,6 +162,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with await open_store(settings.store_url) as store, run_node(settings, store):
+        aio.settle_heap()
         await stop.wait()
 
 

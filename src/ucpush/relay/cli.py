@@ -123,6 +123,7 @@ async def _serve(settings: Settings, reuse_port: bool, *, announce: bool) -> Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with run_relay(settings, reuse_port=reuse_port) as relay:
+        aio.settle_heap()
         if announce:
             workers = settings.relay.workers
             console.print(

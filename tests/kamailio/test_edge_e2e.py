@@ -202,17 +202,26 @@ async def test_woken_after_the_ringback_still_gets_the_call(edge: Edge) -> None:
     await device.succeeded()
 
 
-async def test_desk_phone_answers_then_cancel_push(edge: Edge) -> None:
+@pytest.mark.parametrize(
+    ("desk_scenario", "caller_scenario", "reason"),
+    [
+        ("device_answers.xml", "caller_answered.xml", "answered-elsewhere"),
+        ("device_declines.xml", "caller_declined.xml", "declined-elsewhere"),
+    ],
+)
+async def test_desk_phone_ends_the_call_and_the_pushed_phone_is_told(
+    edge: Edge, desk_scenario: str, caller_scenario: str, reason: str
+) -> None:
     """A contact without pn-* (the user's desk phone) is forked to at once beside the push;
-    its answer ends the call and the pushed phone gets "answered elsewhere"."""
+    its answer (or decline) ends the call and the pushed phone gets the cancel push."""
     stack = edge.stack
     user, token = await pushed_device(edge)
     desk = await start_sipp(
-        stack.base, "register.xml", "u1", edge.kam.sip, oocsf="device_answers.xml",
+        stack.base, "register.xml", "u1", edge.kam.sip, oocsf=desk_scenario,
         duration_ms=4000, user=user,
     )  # fmt: skip
     await asyncio.sleep(0.5)
-    call = await caller(edge, user, "caller_answered.xml")
+    call = await caller(edge, user, caller_scenario)
     await call.succeeded()
     await desk.succeeded()
     pushes = await until(
@@ -220,23 +229,4 @@ async def test_desk_phone_answers_then_cancel_push(edge: Edge) -> None:
     )
     call_push, cancel = (apns_fields(p) for p in pushes)
     assert call_push["type"] == "call"
-    assert cancel["type"] == "cancel" and cancel["reason"] == "answered-elsewhere"
-
-
-async def test_desk_phone_declines_then_declined_elsewhere_push(edge: Edge) -> None:
-    stack = edge.stack
-    user, token = await pushed_device(edge)
-    desk = await start_sipp(
-        stack.base, "register.xml", "u1", edge.kam.sip, oocsf="device_declines.xml",
-        duration_ms=4000, user=user,
-    )  # fmt: skip
-    await asyncio.sleep(0.5)
-    call = await caller(edge, user, "caller_declined.xml")
-    await call.succeeded()
-    await desk.succeeded()
-    pushes = await until(
-        lambda: _when(stack.apns_deliveries(token), lambda d: len(d) == 2), within=5
-    )
-    call_push, cancel = (apns_fields(p) for p in pushes)
-    assert call_push["type"] == "call"
-    assert cancel["type"] == "cancel" and cancel["reason"] == "declined-elsewhere"
+    assert cancel["type"] == "cancel" and cancel["reason"] == reason

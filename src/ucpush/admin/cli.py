@@ -258,6 +258,11 @@ def _admin_run(ctx: typer.Context, work: Callable[[AdminAuth, Store], Awaitable[
         fail(exc.detail)
 
 
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="read the password from standard input")
+]
+
+
 def _password(from_stdin: bool, prompt: str) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -268,9 +273,7 @@ def _password(from_stdin: bool, prompt: str) -> str:
 def admin_user_add(
     ctx: typer.Context,
     username: str,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from standard input")
-    ] = False,
+    password_stdin: PasswordStdin = False,
 ) -> None:
     """Create an administrator (prompted for the password unless --password-stdin)."""
     password = _password(password_stdin, "password")
@@ -286,9 +289,7 @@ def admin_user_add(
 def admin_user_password(
     ctx: typer.Context,
     username: str,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from standard input")
-    ] = False,
+    password_stdin: PasswordStdin = False,
 ) -> None:
     """Set an administrator's password."""
     password = _password(password_stdin, "new password")

@@ -101,20 +101,14 @@ class PayloadBuilder:
             if push.device_id not in self._pii_free_logged:
                 self._pii_free_logged.add(push.device_id)
                 _log.info("pii_free_push", device_id=push.device_id, reason="no push key")
-            fields = payload_fields(
-                invite,
-                push,
-                active_node=self.active_node,
-                tracking_id=tracking_id,
-                timestamp=self._clock(),
-                pii=False,
-            )
-            return seal(fields, PUBLIC_KEY, PUBLIC_KEY_ID)
         fields = payload_fields(
             invite,
             push,
             active_node=self.active_node,
             tracking_id=tracking_id,
             timestamp=self._clock(),
+            pii=bool(key),
         )
+        if not key:
+            return seal(fields, PUBLIC_KEY, PUBLIC_KEY_ID)
         return seal(fields, key, key_id or None)

@@ -17,7 +17,7 @@ import hmac
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -129,6 +129,25 @@ def parse_credentials(value: str) -> DigestCredentials:
         opaque=params.get("opaque"),
         userhash=userhash == "true",
     )
+
+
+def credentials_for(values: Iterable[str], realm: str) -> tuple[DigestCredentials, str] | None:
+    """The credentials for ``realm`` among ``values`` (one Authorization or
+    Proxy-Authorization header each; RFC 3261 §22.4 allows one set per realm) and the header
+    value they came from; None when there are none. Raises ``DigestParseError`` when nothing
+    usable is there but something malformed is."""
+    error: DigestParseError | None = None
+    for value in values:
+        try:
+            creds = parse_credentials(value)
+        except DigestParseError as exc:
+            error = error or exc
+            continue
+        if creds.realm == realm:
+            return creds, value
+    if error is not None:
+        raise error
+    return None
 
 
 def _h(algorithm: str, text: str) -> str:

@@ -38,7 +38,7 @@ from ucpush.sip.digest import (
     DigestAuth,
     DigestCredentials,
     DigestParseError,
-    parse_credentials,
+    credentials_for,
 )
 from ucpush.sip.errors import SipParseError
 from ucpush.sip.helpers import make_response, new_tag
@@ -277,18 +277,8 @@ class Registrar:
         return creds
 
     def _parse_credentials(self, request: SipRequest) -> DigestCredentials | None:
-        error: DigestParseError | None = None
-        for value in request.headers.get_all("Authorization"):
-            try:
-                creds = parse_credentials(value)
-            except DigestParseError as exc:
-                error = error or exc
-                continue
-            if creds.realm == self.config.realm:
-                return creds
-        if error is not None:
-            raise error
-        return None
+        found = credentials_for(request.headers.get_all("Authorization"), self.config.realm)
+        return found[0] if found is not None else None
 
     def auth_user_key(self, request: SipRequest) -> tuple[str, str] | None:
         """(username, realm) to look the authenticating user up by; None when there are no

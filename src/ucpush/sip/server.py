@@ -30,9 +30,8 @@ from ucpush.sip.digest import (
     MD5,
     SHA256,
     DigestAuth,
-    DigestCredentials,
     DigestParseError,
-    parse_credentials,
+    credentials_for,
 )
 from ucpush.sip.driver import TransactionDriver, via_flow
 from ucpush.sip.errors import SipParseError
@@ -350,18 +349,14 @@ class SipNode:
         """RFC 3261 §22.3: 407 until the request carries Proxy-Authorization for our realm
         from one of our users, whose own credentials are then removed before forwarding."""
         now = datetime.now(UTC)
-        creds: DigestCredentials | None = None
-        for value in request.headers.get_all("Proxy-Authorization"):
-            try:
-                parsed = parse_credentials(value)
-            except DigestParseError:
-                continue
-            if parsed.realm == auth.realm:
-                creds, ours = parsed, value
-                break
-        if creds is None:
+        try:
+            found = credentials_for(request.headers.get_all("Proxy-Authorization"), auth.realm)
+        except DigestParseError:
+            found = None  # malformed: challenged like missing ones
+        if found is None:
             self._challenge(tx, request, auth, now)
             return
+        creds, ours = found
         try:
             user = await self.bindings.get_user(creds.username, creds.realm)
         except NotFound:

@@ -32,19 +32,16 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -54,21 +51,18 @@ sys.path.insert(0, str(ROOT))  # the chat server harness lives with the tests
 from tests.chat.phone import Client  # noqa: E402
 from tests.chat.servers import ChatServer, prosody  # noqa: E402
 
-from relay_throughput import clear, cpu_seconds, free_port, wait_http  # noqa: E402
+from relay_throughput import clear, cpu_seconds, sim_stack  # noqa: E402
 from relay_throughput import delivered as sim_delivered  # noqa: E402
-from relay_throughput import setup as relay_setup  # noqa: E402
 from ucpush.chat import PushDone, registration_for, run_chat_push  # noqa: E402
 from ucpush.config import ChatSettings, LogSettings, Settings  # noqa: E402
 from ucpush.crypto import jwe  # noqa: E402
 from ucpush.logging import configure_logging  # noqa: E402
 from ucpush.relay.client import RelayClient  # noqa: E402
 from ucpush.relay.providers.base import Outcome, PushType  # noqa: E402
-from ucpush.sim.credentials import make_apns_key  # noqa: E402
 from ucpush.store import Store, open_store  # noqa: E402
 from ucpush.store.repository import Device, EndUser, Platform  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-from relay_throughput import BUNDLE, KEY_ID, TEAM  # noqa: E402
 
 KEY = bytes(range(32))
 console = Console(width=160)
@@ -83,55 +77,13 @@ def token(i: int) -> str:
     return f"{i:064x}"
 
 
-@contextlib.asynccontextmanager
-async def relay_stack(tmp: Path, devices: int) -> AsyncIterator[tuple[str, str, str]]:
-    """The APNs simulator and the relay as their own processes (``ucpush sim serve``,
-    ``ucpush relay serve``, set up as in bench/relay_throughput.py); yields the simulator
-    URL, the relay URL and an onboarding voucher."""
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
-    try:
-        private_pem, public_pem = make_apns_key()
-        p8_file = tmp / "AuthKey.p8"
-        p8_file.write_bytes(private_pem)
-        sim_port, relay_port = free_port(), free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        sim_env = {
-            **env,
-            "UCPUSH_SIM__APNS_PORT": str(sim_port),
-            "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
-            "UCPUSH_SIM__FCM_PORT": str(free_port()),
-        }
-        sim_cmd = [sys.executable, "-m", "ucpush", "sim", "serve"]
-        procs.append(subprocess.Popen(sim_cmd, env=sim_env))  # noqa: ASYNC220 - set-up
-        wait_http(f"{sim_url}/_sim/delivered", http2=True)
-        with httpx.Client(http1=False, http2=True) as control:
-            control.post(  # noqa: ASYNC212 - set-up, before any load
-                f"{sim_url}/_sim/keys",
-                json={"team_id": TEAM, "key_id": KEY_ID, "public_key_pem": public_pem.decode()},
-            )
-            for i in range(devices):
-                device = {"token": token(i), "topic": BUNDLE}
-                control.post(f"{sim_url}/_sim/devices", json=device)  # noqa: ASYNC212
-        voucher, _ = await relay_setup(tmp, relay_port, p8_file)
-        relay_env = {
-            **env,
-            "UCPUSH_RELAY__PORT": str(relay_port),
-            "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
-        }
-        relay_cmd = [sys.executable, "-m", "ucpush", "relay", "serve"]
-        procs.append(subprocess.Popen(relay_cmd, env=relay_env))  # noqa: ASYNC220 - set-up
-        relay_url = f"http://127.0.0.1:{relay_port}"
-        wait_http(f"{relay_url}/healthz")
-        yield sim_url, relay_url, voucher
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+@contextlib.contextmanager
+def relay_stack(tmp: Path, devices: int) -> Iterator[tuple[str, str, str]]:
+    """The APNs simulator and the relay as their own processes (bench/relay_throughput.py's
+    ``sim_stack``); yields the simulator URL, the relay URL and an onboarding voucher."""
+    with sim_stack(tmp, [token(i) for i in range(devices)]) as stack:
+        stack.start_relay()
+        yield stack.sim_url, stack.relay_url, stack.voucher
 
 
 async def add_devices(store: Store, users: list[str]) -> None:
@@ -146,12 +98,11 @@ async def add_devices(store: Store, users: list[str]) -> None:
 
 async def chat_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     users = [f"user{i}" for i in range(args.users)]
-    with prosody(tmp, [*users, "sender"]) as server:
-        stack = relay_stack(tmp, len(users))
-        async with (
-            stack as (sim_url, relay_url, voucher),
-            await open_store(f"sqlite+aiosqlite:///{tmp / 'node.db'}") as store,
-        ):
+    with (
+        prosody(tmp, [*users, "sender"]) as server,
+        relay_stack(tmp, len(users)) as (sim_url, relay_url, voucher),
+    ):
+        async with await open_store(f"sqlite+aiosqlite:///{tmp / 'node.db'}") as store:
             refresh_token = (await RelayClient.enroll(relay_url, voucher, "bench")).refresh_token
             current: dict[str, RelayClient] = {}
             await add_devices(store, users)

@@ -25,7 +25,6 @@ import os
 import platform
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,15 +40,13 @@ from rich.console import Console
 from rich.table import Table
 
 from relay_throughput import (
-    BUNDLE,
     DEVICE,
-    KEY_ID,
-    TEAM,
+    SimStack,
     clear,
     delivered,
     free_port,
     percentile,
-    setup,
+    sim_stack,
     wait_http,
 )
 from ucpush import aio
@@ -57,7 +54,6 @@ from ucpush.crypto import jwe
 from ucpush.relay.client import RelayClient
 from ucpush.relay.providers.base import PushType
 from ucpush.relay.proxy import ProxySettings
-from ucpush.sim.credentials import make_apns_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -216,64 +212,32 @@ def main() -> None:
         sys.exit("squid not found: install Debian package squid (./dev does)")
     plan = [(1, 300), (32, 1000)] if args.quick else [(1, 1000), (32, 4000)]
     tmp = Path(tempfile.mkdtemp(prefix="ucpush-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
     try:
-        private_pem, public_pem = make_apns_key()
-        p8_file = tmp / "AuthKey.p8"
-        p8_file.write_bytes(private_pem)
-        sim_port, relay_port, proxy_port = free_port(), free_port(), free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        sim_env = {
-            **env,
-            "UCPUSH_SIM__APNS_PORT": str(sim_port),
-            "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
-            "UCPUSH_SIM__FCM_PORT": str(free_port()),
-        }
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "ucpush", "sim", "serve"], env=sim_env)
-        )
-        wait_http(f"{sim_url}/_sim/delivered", http2=True)
-        with httpx.Client(http1=False, http2=True) as c:
-            c.post(
-                f"{sim_url}/_sim/keys",
-                json={"team_id": TEAM, "key_id": KEY_ID, "public_key_pem": public_pem.decode()},
-            )
-            c.post(f"{sim_url}/_sim/devices", json={
-                "token": DEVICE, "topic": BUNDLE, "environment": "production"})  # fmt: skip
-        voucher, _ = aio.run(setup(tmp, relay_port, p8_file))
-        relay_env = {
-            **env,
-            "UCPUSH_RELAY__PORT": str(relay_port),
-            "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
-        }
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "ucpush", "relay", "serve"], env=relay_env)
-        )
-        relay_url = f"http://127.0.0.1:{relay_port}"
-        wait_http(f"{relay_url}/healthz")
-        squid_dir = tmp / "squid"
-        squid_dir.mkdir()
-        squid_dir.chmod(0o755)
-        tmp.chmod(0o755)  # squid's user must reach its directory
-        procs.append(start_squid(squid_dir, proxy_port))
-        wait_http(f"http://127.0.0.1:{proxy_port}/")
-
-        async def run() -> list[dict[str, Any]]:
-            enrollment = await RelayClient.enroll(relay_url, voucher, "bench-cluster")
-            return await measure(relay_url, sim_url, enrollment.refresh_token, proxy_port, plan)
-
-        results = aio.run(run())
+        with sim_stack(tmp, [DEVICE]) as stack:
+            stack.start_relay()
+            results = _with_squid(stack, plan)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     report(results)
+
+
+def _with_squid(stack: SimStack, plan: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Squid in front of the stack's relay (stopped with the stack), then the measurement."""
+    proxy_port = free_port()
+    squid_dir = stack.tmp / "squid"
+    squid_dir.mkdir()
+    squid_dir.chmod(0o755)
+    stack.tmp.chmod(0o755)  # squid's user must reach its directory
+    stack.procs.append(start_squid(squid_dir, proxy_port))
+    wait_http(f"http://127.0.0.1:{proxy_port}/")
+
+    async def run() -> list[dict[str, Any]]:
+        enrollment = await RelayClient.enroll(stack.relay_url, stack.voucher, "bench-cluster")
+        return await measure(
+            stack.relay_url, stack.sim_url, enrollment.refresh_token, proxy_port, plan
+        )
+
+    return aio.run(run())
 
 
 def report(results: list[dict[str, Any]]) -> None:

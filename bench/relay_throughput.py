@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +34,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -223,7 +227,7 @@ def clear(sim_url: str) -> None:
         c.delete(f"{sim_url}/_sim/delivered")
 
 
-async def setup(tmp: Path, relay_port: int, p8_file: Path) -> tuple[str, str]:
+async def setup(tmp: Path, relay_port: int, p8_file: Path) -> str:
     """Tenant, app and voucher, written to the relay's database before it starts."""
     from ucpush.config import Settings
     from ucpush.relay.server import public_url
@@ -244,7 +248,84 @@ async def setup(tmp: Path, relay_port: int, p8_file: Path) -> tuple[str, str]:
                 key_id=KEY_ID,
             )
         )
-    return voucher.code, settings.store_url
+    return voucher.code
+
+
+@dataclass
+class SimStack:
+    """The APNs simulator as its own process, trusting our signing key and knowing the
+    bench's device tokens, plus the relay's database prepared for it (tenant, app, voucher);
+    ``start_relay`` runs ``ucpush relay serve`` on it."""
+
+    tmp: Path
+    env: dict[str, str]
+    sim: subprocess.Popen[bytes]
+    sim_url: str
+    private_pem: bytes
+    relay_port: int
+    voucher: str
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def relay_url(self) -> str:
+        return f"http://127.0.0.1:{self.relay_port}"
+
+    def start_relay(self, **settings: str) -> subprocess.Popen[bytes]:
+        """``settings``: more ``UCPUSH_RELAY__*`` variables (e.g. WORKERS="2")."""
+        env = {
+            **self.env,
+            "UCPUSH_RELAY__PORT": str(self.relay_port),
+            "UCPUSH_RELAY__APNS_PRODUCTION_URL": self.sim_url,
+            **{f"UCPUSH_RELAY__{k}": v for k, v in settings.items()},
+        }
+        relay = subprocess.Popen([sys.executable, "-m", "ucpush", "relay", "serve"], env=env)
+        self.procs.append(relay)
+        wait_http(f"{self.relay_url}/healthz")
+        return relay
+
+
+@contextlib.contextmanager
+def sim_stack(tmp: Path, tokens: Iterable[str]) -> Iterator[SimStack]:
+    """Start the APNs simulator and prepare the relay's database; every process started
+    through the stack is stopped on exit. Usable from async code too (the database set-up
+    runs on a thread of its own)."""
+    env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        private_pem, public_pem = make_apns_key()
+        p8_file = tmp / "AuthKey.p8"
+        p8_file.write_bytes(private_pem)
+        sim_port, relay_port = free_port(), free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        sim_env = {
+            **env,
+            "UCPUSH_SIM__APNS_PORT": str(sim_port),
+            "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
+            "UCPUSH_SIM__FCM_PORT": str(free_port()),
+        }
+        sim = subprocess.Popen([sys.executable, "-m", "ucpush", "sim", "serve"], env=sim_env)
+        procs.append(sim)
+        wait_http(f"{sim_url}/_sim/delivered", http2=True)
+        with httpx.Client(http1=False, http2=True) as c:
+            c.post(
+                f"{sim_url}/_sim/keys",
+                json={"team_id": TEAM, "key_id": KEY_ID, "public_key_pem": public_pem.decode()},
+            )
+            for token in tokens:
+                c.post(f"{sim_url}/_sim/devices", json={
+                    "token": token, "topic": BUNDLE, "environment": "production"})  # fmt: skip
+        with ThreadPoolExecutor(1) as thread:
+            voucher = thread.submit(asyncio.run, setup(tmp, relay_port, p8_file)).result()
+        yield SimStack(tmp, env, sim, sim_url, private_pem, relay_port, voucher, procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def main() -> None:
@@ -270,99 +351,67 @@ def main() -> None:
     if args.only is not None:
         plan = [(n, total) for n, total in plan if n == args.only] or [(args.only, 20000)]
     tmp = Path(tempfile.mkdtemp(prefix="ucpush-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "UCPUSH_DATA_DIR": str(tmp), "UCPUSH_LOG__LEVEL": "warning"}
     try:
-        private_pem, public_pem = make_apns_key()
-        p8_file = tmp / "AuthKey.p8"
-        p8_file.write_bytes(private_pem)
-        sim_port, relay_port = free_port(), free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        sim_env = {
-            **env,
-            "UCPUSH_SIM__APNS_PORT": str(sim_port),
-            "UCPUSH_SIM__APNS_SANDBOX_PORT": str(free_port()),
-            "UCPUSH_SIM__FCM_PORT": str(free_port()),
-        }
-        sim = subprocess.Popen([sys.executable, "-m", "ucpush", "sim", "serve"], env=sim_env)
-        procs.append(sim)
-        wait_http(f"{sim_url}/_sim/delivered", http2=True)
-        with httpx.Client(http1=False, http2=True) as c:
-            c.post(
-                f"{sim_url}/_sim/keys",
-                json={"team_id": TEAM, "key_id": KEY_ID, "public_key_pem": public_pem.decode()},
-            )
-            c.post(f"{sim_url}/_sim/devices", json={
-                "token": DEVICE, "topic": BUNDLE, "environment": "production"})  # fmt: skip
-
-        voucher, _ = aio.run(setup(tmp, relay_port, p8_file))
-        relay_url = f"http://127.0.0.1:{relay_port}"
-        payload = jwe.encrypt(
-            json.dumps({"callId": str(uuid.uuid4()), "caller": "Bench", "number": "1000"}).encode(),
-            os.urandom(32),
-        )
-        body_file = tmp / "push.json"
-        body_file.write_text(json.dumps({
-            "target": DEVICE, "service": "APNS", "push_type": "voip",
-            "tracking_id": "bench", "payload": payload}))  # fmt: skip
-        apns_body = json.dumps({"aps": {}, "jwe": payload}, separators=(",", ":")).encode()
-        refresh: str | None = None
-        results = []
-        for workers in worker_counts:
-            relay_env = {
-                **env,
-                "UCPUSH_RELAY__PORT": str(relay_port),
-                "UCPUSH_RELAY__APNS_PRODUCTION_URL": sim_url,
-                "UCPUSH_RELAY__APNS_CONNECTIONS": str(CONNECTIONS),
-                "UCPUSH_RELAY__WORKERS": str(workers),
-            }
-            relay = subprocess.Popen(
-                [sys.executable, "-m", "ucpush", "relay", "serve"], env=relay_env
-            )
-            procs.append(relay)
-            wait_http(f"{relay_url}/healthz")
-
-            async def credentials(refresh_token: str | None) -> tuple[str, str]:
-                if refresh_token is None:
-                    enrollment = await RelayClient.enroll(relay_url, voucher, "bench-cluster")
-                    refresh_token = enrollment.refresh_token
-                async with RelayClient(relay_url, refresh_token) as client:
-                    return refresh_token, await client.access_token()
-
-            refresh, access = aio.run(credentials(refresh))
-            sampler = RssSampler(relay.pid)
-            sampler.start()
-            for inflight, total in plan:
-                clear(sim_url)
-                sampler.peak_kb = 0
-                cpu_before = {n: cpu_seconds(p.pid) for n, p in (("relay", relay), ("sim", sim))}
-                r = through_relay(relay_url, access, body_file, total, inflight, tmp)
-                r["delivered"] = delivered(sim_url)
-                r["rss_mb"] = sampler.peak_kb / 1024
-                # CPU per push shows which process limits the rate on a shared machine.
-                for name, p in (("relay", relay), ("sim", sim)):
-                    r[f"{name}_cpu_us"] = (cpu_seconds(p.pid) - cpu_before[name]) / total * 1e6
-                row = {"workers": workers, "inflight": inflight, "pushes": total, "relay": r}
-                for kind in ("h2client", "httpx"):
-                    clear(sim_url)
-                    d = aio.run(direct(kind, sim_url, private_pem, apns_body, total, inflight))
-                    d["delivered"] = delivered(sim_url)
-                    row[kind] = d
-                results.append(row)
-            sampler.running = False
-            relay.send_signal(signal.SIGINT)
-            relay.wait(20)
+        with sim_stack(tmp, [DEVICE]) as stack:
+            results = run_plan(stack, plan, worker_counts)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
 
+
+def run_plan(
+    stack: SimStack, plan: list[tuple[int, int]], worker_counts: list[int]
+) -> list[dict[str, Any]]:
+    tmp, sim, sim_url, private_pem = stack.tmp, stack.sim, stack.sim_url, stack.private_pem
+    relay_url, voucher = stack.relay_url, stack.voucher
+    payload = jwe.encrypt(
+        json.dumps({"callId": str(uuid.uuid4()), "caller": "Bench", "number": "1000"}).encode(),
+        os.urandom(32),
+    )
+    body_file = tmp / "push.json"
+    body_file.write_text(json.dumps({
+        "target": DEVICE, "service": "APNS", "push_type": "voip",
+        "tracking_id": "bench", "payload": payload}))  # fmt: skip
+    apns_body = json.dumps({"aps": {}, "jwe": payload}, separators=(",", ":")).encode()
+    refresh: str | None = None
+    results = []
+    for workers in worker_counts:
+        relay = stack.start_relay(APNS_CONNECTIONS=str(CONNECTIONS), WORKERS=str(workers))
+
+        async def credentials(refresh_token: str | None) -> tuple[str, str]:
+            if refresh_token is None:
+                enrollment = await RelayClient.enroll(relay_url, voucher, "bench-cluster")
+                refresh_token = enrollment.refresh_token
+            async with RelayClient(relay_url, refresh_token) as client:
+                return refresh_token, await client.access_token()
+
+        refresh, access = aio.run(credentials(refresh))
+        sampler = RssSampler(relay.pid)
+        sampler.start()
+        for inflight, total in plan:
+            clear(sim_url)
+            sampler.peak_kb = 0
+            cpu_before = {n: cpu_seconds(p.pid) for n, p in (("relay", relay), ("sim", sim))}
+            r = through_relay(relay_url, access, body_file, total, inflight, tmp)
+            r["delivered"] = delivered(sim_url)
+            r["rss_mb"] = sampler.peak_kb / 1024
+            # CPU per push shows which process limits the rate on a shared machine.
+            for name, p in (("relay", relay), ("sim", sim)):
+                r[f"{name}_cpu_us"] = (cpu_seconds(p.pid) - cpu_before[name]) / total * 1e6
+            row = {"workers": workers, "inflight": inflight, "pushes": total, "relay": r}
+            for kind in ("h2client", "httpx"):
+                clear(sim_url)
+                d = aio.run(direct(kind, sim_url, private_pem, apns_body, total, inflight))
+                d["delivered"] = delivered(sim_url)
+                row[kind] = d
+            results.append(row)
+        sampler.running = False
+        relay.send_signal(signal.SIGINT)
+        relay.wait(20)
+    return results
+
+
+def report(results: list[dict[str, Any]]) -> None:
     table = Table(title="relay throughput: APNs simulator, VoIP pushes, same run")
     columns = (
         "relay workers", "in flight", "pushes", "relay push/s", "relay p50 ms", "relay p99 ms",
